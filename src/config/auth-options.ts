@@ -1,0 +1,359 @@
+/**
+ * The engine's options, under keystonemiddleware's `[keystone_authtoken]` names so an operator can paste that
+ * section. One schema: it validates, converts oslo-style strings, documents (see `describeAuthOptions`) and types.
+ * Options we add name their unit. Validated once at creation; every problem is reported at once.
+ */
+import { z } from 'zod';
+import { ConfigError, type ConfigIssue } from '../errors.js';
+
+const TRUE = new Set(['true', '1', 'yes', 'on']);
+const FALSE = new Set(['false', '0', 'no', 'off']);
+
+/** oslo.config accepts True/false/yes/1 in files; YAML may hand those over as strings. */
+const bool = z.union([
+  z.boolean(),
+  z
+    .string()
+    .refine((s) => TRUE.has(s.toLowerCase()) || FALSE.has(s.toLowerCase()), {
+      message: 'must be true or false',
+    })
+    .transform((s) => TRUE.has(s.toLowerCase())),
+]);
+
+const numberLike = z.union([
+  z.number(),
+  z
+    .string()
+    .trim()
+    .regex(/^-?\d+(\.\d+)?$/, { message: 'must be a number' })
+    .transform(Number),
+]);
+const seconds = numberLike.pipe(z.number().finite());
+const positiveSeconds = seconds.pipe(z.number().positive({ message: 'must be greater than 0 (seconds)' }));
+const count = numberLike.pipe(z.number().int({ message: 'must be a whole number' }).min(0));
+
+/** oslo ListOpt: a comma-separated string, or a YAML list. */
+const list = z.union([
+  z.array(z.string()),
+  z.string().transform((s) =>
+    s
+      .split(',')
+      .map((item) => item.trim())
+      .filter((item) => item.length > 0),
+  ),
+]);
+
+const url = z.string().refine(
+  (s) => {
+    try {
+      const parsed = new URL(s);
+      return parsed.protocol === 'http:' || parsed.protocol === 'https:';
+    } catch {
+      return false;
+    }
+  },
+  { message: 'must be an http(s) URL' },
+);
+const text = z.string().min(1, { message: 'must not be empty' });
+
+const INTERFACES = {
+  public: 'public',
+  publicurl: 'public',
+  internal: 'internal',
+  internalurl: 'internal',
+  admin: 'admin',
+  adminurl: 'admin',
+} as const;
+
+/** keystonemiddleware options that belong to features this engine does not have (yet): accepted, warned. */
+export const IGNORED_KSM_OPTIONS: readonly string[] = [
+  'memcached_servers',
+  'memcache_servers',
+  'memcache_security_strategy',
+  'memcache_secret_key',
+  'memcache_pool_dead_retry',
+  'memcache_pool_maxsize',
+  'memcache_pool_socket_timeout',
+  'memcache_pool_unused_timeout',
+  'memcache_pool_conn_get_timeout',
+  'memcache_use_advanced_pool',
+  'memcache_tls_enabled',
+  'memcache_tls_cafile',
+  'memcache_tls_certfile',
+  'memcache_tls_keyfile',
+  'memcache_tls_allowed_ciphers',
+  'memcache_sasl_enabled',
+  'memcache_username',
+  'memcache_password',
+  'cache',
+  'auth_section',
+  'log_name',
+];
+
+export const authOptionsSchema = z
+  .object({
+    www_authenticate_uri: url
+      .optional()
+      .describe(
+        'Value of `WWW-Authenticate: Keystone uri="…"` on 401 answers. Default: auth_url (with a warning).',
+      ),
+    auth_uri: url.optional().describe('Deprecated name of www_authenticate_uri.'),
+    auth_url: url.optional().describe("Keystone URL for the proxy's own credentials, with or without /v3."),
+    auth_type: z
+      .enum(['password', 'v3password', 'v3applicationcredential'])
+      .default('password')
+      .describe('How the proxy authenticates itself: password or v3applicationcredential.'),
+    auth_version: z.string().optional().describe('When set, skip version discovery and speak v3.'),
+    username: text
+      .optional()
+      .describe('Service user name (password auth; also the app credential owner by name).'),
+    user_id: text.optional().describe('Service user id, instead of username + user domain.'),
+    password: z.string().optional().describe('Service user password.'),
+    user_domain_name: text.optional().describe('Domain of username.'),
+    user_domain_id: text.optional().describe('Domain id of username.'),
+    project_name: text
+      .optional()
+      .describe('Project the service token is scoped to (it needs the service role there).'),
+    project_id: text.optional().describe('Project id, instead of project_name + project domain.'),
+    project_domain_name: text.optional().describe('Domain of project_name.'),
+    project_domain_id: text.optional().describe('Domain id of project_name.'),
+    domain_name: text.optional().describe('Domain scope for the service token, instead of a project.'),
+    domain_id: text.optional().describe('Domain id scope for the service token.'),
+    system_scope: z.literal('all').optional().describe('System scope (`all`) for the service token.'),
+    default_domain_name: text
+      .optional()
+      .describe('Domain name used for the user and project when theirs is unset.'),
+    default_domain_id: text
+      .optional()
+      .describe('Domain id used for the user and project when theirs is unset.'),
+    application_credential_id: text
+      .optional()
+      .describe('Application credential id (v3applicationcredential).'),
+    application_credential_name: text
+      .optional()
+      .describe('Application credential name, with username or user_id.'),
+    application_credential_secret: z.string().optional().describe('Application credential secret.'),
+    interface: z
+      .string()
+      .default('internal')
+      .refine((s) => s.toLowerCase() in INTERFACES, { message: 'must be public, internal or admin' })
+      .transform((s) => INTERFACES[s.toLowerCase() as keyof typeof INTERFACES])
+      .describe('Interface of the identity endpoint taken from the catalog.'),
+    region_name: text.optional().describe('Region of the identity endpoint taken from the catalog.'),
+    delay_auth_decision: bool
+      .default(false)
+      .describe('Never reject: forward with X-Identity-Status: Invalid and let the service decide.'),
+    include_service_catalog: bool
+      .default(true)
+      .describe('Set X-Service-Catalog; when false, validate with ?nocatalog.'),
+    service_token_roles: list.default(['service']).describe('A service token needs one of these roles.'),
+    service_token_roles_required: bool
+      .default(true)
+      .describe('Reject a service token without one of service_token_roles.'),
+    service_type: text.optional().describe("This service's catalog type; needed to enforce access rules."),
+    token_cache_time: seconds
+      .default(300)
+      .describe('Seconds a validated token is cached (never past its expiry); 0 or -1 disables the cache.'),
+    enforce_token_bind: z
+      .string()
+      .default('permissive')
+      .describe('disabled, permissive, strict, required, or a bind type name.'),
+    http_connect_timeout: positiveSeconds.default(2).describe('Seconds to open a connection to Keystone.'),
+    http_request_max_retries: count
+      .default(3)
+      .describe('Retries of a Keystone request after a connection failure, within the time budget.'),
+    cafile: text.optional().describe("PEM CA bundle for Keystone's TLS certificate."),
+    certfile: text.optional().describe('PEM client certificate for Keystone.'),
+    keyfile: text.optional().describe('PEM client key for Keystone.'),
+    insecure: bool.default(false).describe("Do not verify Keystone's TLS certificate."),
+    http_request_timeout_seconds: positiveSeconds
+      .default(5)
+      .describe('Budget for one validation, service authentication and retries included.'),
+    token_cache_max_entries: count.default(10_000).describe('Most identities kept in the token cache.'),
+    token_cache_max_bytes: count
+      .default(64 * 1024 * 1024)
+      .describe('Most bytes (estimated) the token cache may hold.'),
+    ...Object.fromEntries(IGNORED_KSM_OPTIONS.map((name) => [name, z.unknown().optional()])),
+  })
+  .strict();
+
+export type AuthOptionsInput = z.input<typeof authOptionsSchema>;
+type Parsed = z.output<typeof authOptionsSchema>;
+
+export type BindMode = 'disabled' | 'permissive' | 'strict' | 'required' | { readonly name: string };
+
+export interface ResolvedAuthOptions {
+  readonly wwwAuthenticateUri: string | undefined;
+  readonly authUrl: string | undefined;
+  readonly authType: 'password' | 'v3applicationcredential';
+  readonly authVersion: string | undefined;
+  readonly credentials: Parsed;
+  readonly interface: 'public' | 'internal' | 'admin';
+  readonly regionName: string | undefined;
+  readonly delayAuthDecision: boolean;
+  readonly includeServiceCatalog: boolean;
+  readonly serviceTokenRoles: readonly string[];
+  readonly serviceTokenRolesRequired: boolean;
+  readonly serviceType: string | undefined;
+  readonly tokenCacheTimeSeconds: number;
+  readonly tokenCacheMaxEntries: number;
+  readonly tokenCacheMaxBytes: number;
+  readonly enforceTokenBind: BindMode;
+  readonly httpConnectTimeoutSeconds: number;
+  readonly httpRequestMaxRetries: number;
+  readonly httpRequestTimeoutSeconds: number;
+  readonly tls: {
+    readonly cafile: string | undefined;
+    readonly certfile: string | undefined;
+    readonly keyfile: string | undefined;
+    readonly insecure: boolean;
+  };
+  /** keystonemiddleware options given but not used by this engine. */
+  readonly ignored: readonly string[];
+}
+
+export interface ResolveContext {
+  /** Prefix for issue paths, e.g. `keystone_authtoken`. */
+  readonly pathPrefix?: string;
+  /** A validator was injected (testing fixture): Keystone credentials are not needed. */
+  readonly credentialsOptional?: boolean;
+}
+
+function toIssues(error: z.ZodError, prefix: string): ConfigIssue[] {
+  const join = (parts: readonly PropertyKey[]): string =>
+    [prefix, ...parts.map(String)].filter((part) => part.length > 0).join('.');
+  return error.issues.flatMap((issue) =>
+    issue.code === 'unrecognized_keys'
+      ? issue.keys.map((key) => ({ path: join([...issue.path, key]), message: 'unknown option' }))
+      : [{ path: join(issue.path), message: issue.message }],
+  );
+}
+
+function crossFieldIssues(o: Parsed, credentialsOptional: boolean): { path: string; message: string }[] {
+  const issues: { path: string; message: string }[] = [];
+  if (credentialsOptional) return issues;
+  if (o.auth_url === undefined) issues.push({ path: 'auth_url', message: 'is required' });
+  if (o.auth_type === 'v3applicationcredential') {
+    if (o.application_credential_secret === undefined) {
+      issues.push({
+        path: 'application_credential_secret',
+        message: 'is required for v3applicationcredential',
+      });
+    }
+    if (o.application_credential_id === undefined) {
+      if (o.application_credential_name === undefined) {
+        issues.push({
+          path: 'application_credential_id',
+          message: 'application_credential_id or application_credential_name is required',
+        });
+      } else if (o.user_id === undefined && o.username === undefined) {
+        issues.push({
+          path: 'username',
+          message: 'user_id or username is required with application_credential_name',
+        });
+      }
+    }
+    return issues;
+  }
+  if (o.password === undefined)
+    issues.push({ path: 'password', message: 'is required for auth_type password' });
+  if (o.user_id === undefined && o.username === undefined) {
+    issues.push({ path: 'username', message: 'username or user_id is required' });
+  }
+  if (
+    o.user_id === undefined &&
+    o.username !== undefined &&
+    o.user_domain_id === undefined &&
+    o.user_domain_name === undefined &&
+    o.default_domain_id === undefined &&
+    o.default_domain_name === undefined
+  ) {
+    issues.push({
+      path: 'user_domain_name',
+      message: 'user_domain_name or user_domain_id is required with username',
+    });
+  }
+  if (
+    o.project_id === undefined &&
+    o.project_name !== undefined &&
+    o.project_domain_id === undefined &&
+    o.project_domain_name === undefined &&
+    o.default_domain_id === undefined &&
+    o.default_domain_name === undefined
+  ) {
+    issues.push({
+      path: 'project_domain_name',
+      message: 'project_domain_name or project_domain_id is required with project_name',
+    });
+  }
+  if ((o.certfile === undefined) !== (o.keyfile === undefined)) {
+    issues.push({ path: 'keyfile', message: 'certfile and keyfile go together' });
+  }
+  return issues;
+}
+
+function bindMode(value: string): BindMode {
+  const lower = value.toLowerCase();
+  if (lower === 'disabled' || lower === 'permissive' || lower === 'strict' || lower === 'required')
+    return lower;
+  return { name: value };
+}
+
+/** Validates raw options; throws one ConfigError listing every problem. */
+export function resolveAuthOptions(input: unknown, context: ResolveContext = {}): ResolvedAuthOptions {
+  const prefix = context.pathPrefix ?? '';
+  const parsed = authOptionsSchema.safeParse(input ?? {});
+  if (!parsed.success) throw new ConfigError(toIssues(parsed.error, prefix));
+  const o = parsed.data;
+  const cross = crossFieldIssues(o, context.credentialsOptional === true);
+  if (cross.length > 0) {
+    throw new ConfigError(
+      cross.map((issue) => ({ ...issue, path: prefix ? `${prefix}.${issue.path}` : issue.path })),
+    );
+  }
+  const record = input as Record<string, unknown>;
+  return Object.freeze({
+    wwwAuthenticateUri: o.www_authenticate_uri ?? o.auth_uri,
+    authUrl: o.auth_url,
+    authType: o.auth_type === 'v3applicationcredential' ? 'v3applicationcredential' : 'password',
+    authVersion: o.auth_version,
+    credentials: o,
+    interface: o.interface,
+    regionName: o.region_name,
+    delayAuthDecision: o.delay_auth_decision,
+    includeServiceCatalog: o.include_service_catalog,
+    serviceTokenRoles: Object.freeze([...o.service_token_roles]),
+    serviceTokenRolesRequired: o.service_token_roles_required,
+    serviceType: o.service_type,
+    tokenCacheTimeSeconds: o.token_cache_time,
+    tokenCacheMaxEntries: o.token_cache_max_entries,
+    tokenCacheMaxBytes: o.token_cache_max_bytes,
+    enforceTokenBind: bindMode(o.enforce_token_bind),
+    httpConnectTimeoutSeconds: o.http_connect_timeout,
+    httpRequestMaxRetries: o.http_request_max_retries,
+    httpRequestTimeoutSeconds: o.http_request_timeout_seconds,
+    tls: Object.freeze({ cafile: o.cafile, certfile: o.certfile, keyfile: o.keyfile, insecure: o.insecure }),
+    ignored: Object.freeze(IGNORED_KSM_OPTIONS.filter((name) => record?.[name] !== undefined)),
+  });
+}
+
+export interface OptionDoc {
+  readonly name: string;
+  readonly default: string;
+  readonly description: string;
+}
+
+/** One row per option, for the README reference table. */
+export function describeAuthOptions(): OptionDoc[] {
+  const defaults = authOptionsSchema.parse({});
+  return Object.entries(authOptionsSchema.shape)
+    .filter(([name]) => !IGNORED_KSM_OPTIONS.includes(name))
+    .map(([name, schema]) => {
+      const value = (defaults as Record<string, unknown>)[name];
+      return {
+        name,
+        default: value === undefined ? '' : JSON.stringify(value),
+        description: (schema as z.ZodType).description ?? '',
+      };
+    });
+}

@@ -1,0 +1,257 @@
+/**
+ * The framework-free engine: build once from options (validated, Keystone client, cache), then per request
+ * `authenticate({method, path, headers})` → forward with these identity headers, or answer with this response.
+ * Adapters and the proxy only translate this outcome to their request and response objects.
+ */
+import { readFileSync } from 'node:fs';
+import { Agent, type Dispatcher } from 'undici';
+import { type Decision, decide, type RequestFacts, type TokenVerdict } from '../auth/decision.js';
+import { TokenCache } from '../auth/token-cache.js';
+import { TokenChecker } from '../auth/token-checker.js';
+import {
+  type AuthOptionsInput,
+  type ResolvedAuthOptions,
+  resolveAuthOptions,
+} from '../config/auth-options.js';
+import type { InvalidTokenReason, KeystoneUnavailableError } from '../errors.js';
+import { type HeaderPair, identityHeaders } from '../identity/headers.js';
+import { KeystoneClient, type TokenValidator } from '../keystone/client.js';
+import type { ServiceCredentials } from '../keystone/service-token.js';
+import type { TokenInfo } from '../keystone/token-info.js';
+import { type AuthObserver, type Logger, silentLogger } from '../observability/observer.js';
+import { USER_AGENT } from '../version.js';
+import {
+  type PreparedResponse,
+  unauthorizedResponse,
+  unavailableResponse,
+  wwwAuthenticateValue,
+} from './responses.js';
+
+export interface AuthDependencies {
+  /** Replaces Keystone entirely (see the `./testing` fixture). */
+  readonly validator?: TokenValidator;
+  /** undici dispatcher for Keystone; default: a keep-alive Agent with the TLS and timeout options. */
+  readonly dispatcher?: Dispatcher;
+  /** Wall clock in ms. */
+  readonly now?: () => number;
+  readonly logger?: Logger;
+  readonly observer?: AuthObserver;
+  /** Key of the token hash used for cache keys and log fingerprints; random per process by default. */
+  readonly cacheHashKey?: Buffer;
+}
+
+/** What the application behind the engine learns about the caller. */
+export interface AuthContext {
+  readonly userStatus: 'Confirmed' | 'Invalid';
+  /** Present only when the request carried X-Service-Token. */
+  readonly serviceStatus: 'Confirmed' | 'Invalid' | undefined;
+  readonly user: TokenInfo | undefined;
+  readonly service: TokenInfo | undefined;
+  /** Why the user (or service) token was not confirmed; for logs, never for the client. */
+  readonly reason: InvalidTokenReason | undefined;
+}
+
+export type AuthOutcome =
+  | { readonly action: 'forward'; readonly headers: readonly HeaderPair[]; readonly context: AuthContext }
+  | {
+      readonly action: 'respond';
+      readonly response: PreparedResponse;
+      readonly reason: InvalidTokenReason | 'keystone_unavailable';
+      readonly error?: KeystoneUnavailableError;
+    };
+
+export interface Authenticator {
+  readonly options: ResolvedAuthOptions;
+  /** The `WWW-Authenticate` value for 401 answers, ours and the application's. */
+  readonly wwwAuthenticate: string;
+  readonly cache: TokenCache;
+  authenticate(request: RequestFacts): Promise<AuthOutcome>;
+  /** Keystone validations under way. */
+  inflight(): number;
+  /** Service token held and Keystone answered within the last minute (always true for an injected validator). */
+  isReady(): boolean;
+  /** Obtain the service token and find the identity endpoint now rather than on the first request. */
+  warmUp(): Promise<void>;
+  close(): Promise<void>;
+}
+
+function serviceCredentials(options: ResolvedAuthOptions): ServiceCredentials {
+  const o = options.credentials;
+  const userDomainId =
+    o.user_domain_id ?? (o.user_domain_name === undefined ? o.default_domain_id : undefined);
+  const userDomainName =
+    o.user_domain_name ?? (userDomainId === undefined ? o.default_domain_name : undefined);
+  if (options.authType === 'v3applicationcredential') {
+    return {
+      type: 'v3applicationcredential',
+      id: o.application_credential_id,
+      name: o.application_credential_name,
+      secret: o.application_credential_secret ?? '',
+      userId: o.user_id,
+      username: o.username,
+      userDomainId,
+      userDomainName,
+    };
+  }
+  const projectDomainId =
+    o.project_domain_id ?? (o.project_domain_name === undefined ? o.default_domain_id : undefined);
+  const projectDomainName =
+    o.project_domain_name ?? (projectDomainId === undefined ? o.default_domain_name : undefined);
+  return {
+    type: 'password',
+    userId: o.user_id,
+    username: o.username,
+    userDomainId,
+    userDomainName,
+    password: o.password ?? '',
+    projectId: o.project_id,
+    projectName: o.project_name,
+    projectDomainId,
+    projectDomainName,
+    domainId: o.domain_id,
+    domainName: o.domain_name,
+    systemScope: o.system_scope,
+  };
+}
+
+function defaultDispatcher(options: ResolvedAuthOptions): Dispatcher {
+  const { tls } = options;
+  return new Agent({
+    connections: 64,
+    keepAliveTimeout: 30_000,
+    connect: {
+      timeout: Math.ceil(options.httpConnectTimeoutSeconds * 1000),
+      rejectUnauthorized: !tls.insecure,
+      ...(tls.cafile === undefined ? {} : { ca: readFileSync(tls.cafile) }),
+      ...(tls.certfile === undefined ? {} : { cert: readFileSync(tls.certfile) }),
+      ...(tls.keyfile === undefined ? {} : { key: readFileSync(tls.keyfile) }),
+    },
+  });
+}
+
+function contextOf(user: TokenVerdict, service: TokenVerdict | undefined): AuthContext {
+  return Object.freeze({
+    userStatus: user.status,
+    serviceStatus: service?.status,
+    user: user.status === 'Confirmed' ? user.info : undefined,
+    service: service?.status === 'Confirmed' ? service.info : undefined,
+    reason:
+      user.status === 'Invalid' ? user.reason : service?.status === 'Invalid' ? service.reason : undefined,
+  });
+}
+
+export function createAuthenticator(input: AuthOptionsInput, deps: AuthDependencies = {}): Authenticator {
+  const options = resolveAuthOptions(input, { credentialsOptional: deps.validator !== undefined });
+  const logger = deps.logger ?? silentLogger;
+  const observer = deps.observer ?? {};
+  const now = deps.now ?? Date.now;
+
+  const wwwAuthenticateUri = options.wwwAuthenticateUri ?? options.authUrl ?? '';
+  if (options.wwwAuthenticateUri === undefined) {
+    logger.warn(
+      { fallback: wwwAuthenticateUri },
+      'www_authenticate_uri is not set: 401 answers point at auth_url',
+    );
+  }
+  if (!options.serviceTokenRolesRequired) {
+    logger.warn(
+      {},
+      'service_token_roles_required is false: any valid token is accepted as a service token and bypasses access rules',
+    );
+  }
+  if (options.ignored.length > 0) {
+    logger.warn({ options: options.ignored }, 'keystonemiddleware options ignored by this engine');
+  }
+
+  const validator =
+    deps.validator ??
+    new KeystoneClient({
+      authUrl: options.authUrl ?? '',
+      authVersion: options.authVersion,
+      interface: options.interface,
+      regionName: options.regionName,
+      credentials: serviceCredentials(options),
+      includeCatalog: options.includeServiceCatalog,
+      dispatcher: deps.dispatcher ?? defaultDispatcher(options),
+      requestTimeoutMs: options.httpRequestTimeoutSeconds * 1000,
+      maxConnectRetries: options.httpRequestMaxRetries,
+      retryDelayMs: 100,
+      userAgent: USER_AGENT,
+      now,
+      logger,
+      observer,
+    });
+  const cache = new TokenCache({
+    ttlSeconds: options.tokenCacheTimeSeconds,
+    maxEntries: options.tokenCacheMaxEntries,
+    maxBytes: options.tokenCacheMaxBytes,
+    now,
+    hashKey: deps.cacheHashKey,
+  });
+  const checker = new TokenChecker({
+    validator,
+    cache,
+    renderCatalog: options.includeServiceCatalog,
+    now,
+    observer,
+    logger,
+  });
+  const policy = {
+    delayAuthDecision: options.delayAuthDecision,
+    serviceTokenRoles: options.serviceTokenRoles,
+    serviceTokenRolesRequired: options.serviceTokenRolesRequired,
+    serviceType: options.serviceType,
+    enforceTokenBind: options.enforceTokenBind,
+  };
+  const check = (token: string, allowExpired: boolean) => checker.check(token, allowExpired);
+  let warnedRoleBypass = false;
+  const onServiceRoleBypass = (): void => {
+    if (warnedRoleBypass) return;
+    warnedRoleBypass = true;
+    logger.warn({ roles: options.serviceTokenRoles }, 'accepted a service token without a service role');
+  };
+  const unauthorized = unauthorizedResponse(wwwAuthenticateUri);
+
+  const toOutcome = (decision: Decision): AuthOutcome => {
+    switch (decision.action) {
+      case 'reject':
+        return { action: 'respond', response: unauthorized, reason: decision.reason };
+      case 'unavailable':
+        return {
+          action: 'respond',
+          response: unavailableResponse(),
+          reason: 'keystone_unavailable',
+          error: decision.error,
+        };
+      case 'forward': {
+        const { user, service } = decision;
+        const headers = identityHeaders({
+          userStatus: user.status,
+          serviceStatus: service?.status,
+          user: user.info,
+          service: service?.info,
+          includeServiceCatalog: options.includeServiceCatalog,
+        });
+        return { action: 'forward', headers, context: contextOf(user, service) };
+      }
+    }
+  };
+
+  return {
+    options,
+    wwwAuthenticate: wwwAuthenticateValue(wwwAuthenticateUri),
+    cache,
+    async authenticate(request) {
+      return toOutcome(await decide(request, policy, check, onServiceRoleBypass));
+    },
+    inflight: () => checker.inflight,
+    isReady: () => validator.isReady?.() ?? true,
+    async warmUp() {
+      if (validator instanceof KeystoneClient) await validator.warmUp();
+    },
+    async close() {
+      cache.clear();
+      await validator.close?.();
+    },
+  };
+}

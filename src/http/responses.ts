@@ -1,0 +1,48 @@
+/**
+ * The answers the engine gives itself. The 401 is byte-for-byte keystonemiddleware's (114 bytes, Python JSON
+ * separators). The 503 is JSON with Retry-After, where keystonemiddleware sends webob's HTML or text page.
+ */
+import { WWW_AUTHENTICATE_HEADER } from '../identity/headers.js';
+
+export interface PreparedResponse {
+  readonly status: number;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly body: string;
+}
+
+export const UNAUTHORIZED_BODY =
+  '{"error": {"code": 401, "title": "Unauthorized", "message": "The request you have made requires authentication."}}';
+
+export const UNAVAILABLE_BODY =
+  '{"error": {"code": 503, "title": "Service Unavailable", "message": "The Keystone service is temporarily unavailable."}}';
+
+/** Seconds a client is told to wait after a 503 for an unreachable Keystone. */
+export const UNAVAILABLE_RETRY_AFTER_SECONDS = 5;
+
+export function wwwAuthenticateValue(uri: string): string {
+  return `Keystone uri="${uri}"`;
+}
+
+export function unauthorizedResponse(wwwAuthenticateUri: string): PreparedResponse {
+  return {
+    status: 401,
+    headers: {
+      'Content-Type': 'application/json',
+      'Content-Length': String(Buffer.byteLength(UNAUTHORIZED_BODY)),
+      [WWW_AUTHENTICATE_HEADER]: wwwAuthenticateValue(wwwAuthenticateUri),
+    },
+    body: UNAUTHORIZED_BODY,
+  };
+}
+
+export function unavailableResponse(): PreparedResponse {
+  return {
+    status: 503,
+    headers: {
+      'Content-Type': 'application/json',
+      'Content-Length': String(Buffer.byteLength(UNAVAILABLE_BODY)),
+      'Retry-After': String(UNAVAILABLE_RETRY_AFTER_SECONDS),
+    },
+    body: UNAVAILABLE_BODY,
+  };
+}

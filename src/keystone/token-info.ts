@@ -1,0 +1,206 @@
+/**
+ * Pure: a Keystone v3 validation body → the compact identity we cache. The raw body is dropped so that 100k
+ * cached identities stay small; only what headers, access rules, bind and revocation need is kept.
+ */
+
+export interface AccessRule {
+  readonly service: string;
+  readonly method: string;
+  readonly path: string;
+}
+
+export interface TokenInfo {
+  readonly userId: string;
+  readonly userName: string | undefined;
+  readonly userDomainId: string | undefined;
+  readonly userDomainName: string | undefined;
+  readonly projectId: string | undefined;
+  readonly projectName: string | undefined;
+  readonly projectDomainId: string | undefined;
+  readonly projectDomainName: string | undefined;
+  /** Domain scope only (a project-scoped token has none, as in keystoneauth). */
+  readonly domainId: string | undefined;
+  readonly domainName: string | undefined;
+  readonly systemAll: boolean;
+  readonly roleNames: readonly string[];
+  readonly roleIds: readonly string[];
+  /** keystoneauth answers True when Keystone omits `is_admin_project` (no admin project configured). */
+  readonly isAdminProject: boolean;
+  readonly expiresAtMs: number;
+  readonly issuedAtMs: number;
+  readonly auditIds: readonly string[];
+  readonly methods: readonly string[];
+  readonly appCredId: string | undefined;
+  /** `undefined`: no restriction. An empty list denies everything, as keystonemiddleware does. */
+  readonly accessRules: readonly AccessRule[] | undefined;
+  /** Service types present in the token's catalog; `undefined` when the body carried no catalog. */
+  readonly catalogTypes: readonly string[] | undefined;
+  /** The catalog rendered once as keystonemiddleware's v2-format `X-Service-Catalog` value. */
+  readonly catalogHeader: string | undefined;
+  readonly bind: Readonly<Record<string, string>> | undefined;
+  readonly trustId: string | undefined;
+  /** Rough resident cost of this object, used to bound the cache by bytes. */
+  readonly sizeBytes: number;
+}
+
+export class MalformedTokenBodyError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'MalformedTokenBodyError';
+  }
+}
+
+type Json = Record<string, unknown>;
+
+function obj(value: unknown): Json | undefined {
+  return value !== null && typeof value === 'object' && !Array.isArray(value) ? (value as Json) : undefined;
+}
+
+function str(value: unknown): string | undefined {
+  return typeof value === 'string' ? value : undefined;
+}
+
+function parseTime(value: unknown, field: string): number {
+  const text = str(value);
+  const ms = text === undefined ? Number.NaN : Date.parse(text);
+  if (!Number.isFinite(ms)) throw new MalformedTokenBodyError(`token.${field} is not a timestamp`);
+  return ms;
+}
+
+function parseAccessRules(value: unknown): AccessRule[] | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (!Array.isArray(value)) throw new MalformedTokenBodyError('access_rules is not a list');
+  return value.map((raw) => {
+    const rule = obj(raw);
+    const service = str(rule?.service);
+    const method = str(rule?.method);
+    const path = str(rule?.path);
+    if (service === undefined || method === undefined || path === undefined) {
+      throw new MalformedTokenBodyError('access rule lacks service, method or path');
+    }
+    return { service, method, path };
+  });
+}
+
+export interface ParseOptions {
+  /** Render `X-Service-Catalog` (keystonemiddleware's `include_service_catalog`). */
+  readonly renderCatalog: boolean;
+}
+
+export function parseTokenBody(body: unknown, options: ParseOptions): TokenInfo {
+  const token = obj(obj(body)?.token);
+  if (token === undefined) throw new MalformedTokenBodyError('body has no token object');
+  const user = obj(token.user);
+  const userId = str(user?.id);
+  if (userId === undefined) throw new MalformedTokenBodyError('token.user.id is missing');
+  const userDomain = obj(user?.domain);
+  const project = obj(token.project);
+  const projectDomain = obj(project?.domain);
+  const domain = obj(token.domain);
+  const system = obj(token.system);
+  const roles = Array.isArray(token.roles) ? token.roles.map(obj) : [];
+  const appCred = obj(token.application_credential);
+  const trust = obj(token['OS-TRUST:trust']);
+  const catalog = Array.isArray(token.catalog) ? token.catalog : undefined;
+  const bindRaw = obj(token.bind);
+
+  const info: Omit<TokenInfo, 'sizeBytes'> = {
+    userId,
+    userName: str(user?.name),
+    userDomainId: str(userDomain?.id),
+    userDomainName: str(userDomain?.name),
+    projectId: str(project?.id),
+    projectName: str(project?.name),
+    projectDomainId: str(projectDomain?.id),
+    projectDomainName: str(projectDomain?.name),
+    domainId: str(domain?.id),
+    domainName: str(domain?.name),
+    systemAll: system?.all === true,
+    roleNames: roles.map((role) => str(role?.name)).filter((name): name is string => name !== undefined),
+    roleIds: roles.map((role) => str(role?.id)).filter((id): id is string => id !== undefined),
+    isAdminProject: typeof token.is_admin_project === 'boolean' ? token.is_admin_project : true,
+    expiresAtMs: parseTime(token.expires_at, 'expires_at'),
+    issuedAtMs: token.issued_at === undefined ? 0 : parseTime(token.issued_at, 'issued_at'),
+    auditIds: Array.isArray(token.audit_ids) ? token.audit_ids.filter((id) => typeof id === 'string') : [],
+    methods: Array.isArray(token.methods) ? token.methods.filter((m) => typeof m === 'string') : [],
+    appCredId: str(appCred?.id),
+    accessRules: parseAccessRules(appCred?.access_rules),
+    catalogTypes: catalog
+      ?.map((service) => str(obj(service)?.type))
+      .filter((t): t is string => t !== undefined),
+    catalogHeader: catalog !== undefined && options.renderCatalog ? renderV2Catalog(catalog) : undefined,
+    bind:
+      bindRaw === undefined
+        ? undefined
+        : Object.fromEntries(Object.entries(bindRaw).map(([kind, id]) => [kind, String(id)])),
+    trustId: str(trust?.id),
+  };
+  return Object.freeze({ ...info, sizeBytes: estimateSize(info) });
+}
+
+/**
+ * keystonemiddleware always hands the application a v2-shaped catalog: per service `{type, name, endpoints}`
+ * with one endpoint object per region holding `publicURL`/`internalURL`/`adminURL`.
+ */
+export function renderV2Catalog(catalog: readonly unknown[]): string {
+  const services = catalog.map((raw) => {
+    const v3 = obj(raw) ?? {};
+    const service: Json = { type: v3.type };
+    if ('name' in v3) service.name = v3.name;
+    const regions = new Map<unknown, Json>();
+    const endpoints = Array.isArray(v3.endpoints) ? v3.endpoints : [];
+    for (const rawEndpoint of endpoints) {
+      const endpoint = obj(rawEndpoint) ?? {};
+      const regionName = endpoint.region ?? null;
+      let region = regions.get(regionName);
+      if (region === undefined) {
+        region = regionName ? { region: regionName } : {};
+        regions.set(regionName, region);
+      }
+      region[`${String(endpoint.interface).toLowerCase()}URL`] = endpoint.url;
+    }
+    service.endpoints = [...regions.values()];
+    return service;
+  });
+  return pythonJsonDumps(services);
+}
+
+/**
+ * Serialises like Python's `json.dumps` defaults (`", "` and `": "` separators, non-ASCII escaped) so the header
+ * value is byte-for-byte what keystonemiddleware sends.
+ */
+export function pythonJsonDumps(value: unknown): string {
+  if (value === null || value === undefined) return 'null';
+  if (typeof value === 'string') return asciiJsonString(value);
+  if (typeof value === 'number') return Number.isFinite(value) ? JSON.stringify(value) : 'null';
+  if (typeof value === 'boolean') return value ? 'true' : 'false';
+  if (Array.isArray(value)) return `[${value.map(pythonJsonDumps).join(', ')}]`;
+  const entries = Object.entries(value as Json).filter(([, v]) => v !== undefined);
+  return `{${entries.map(([k, v]) => `${asciiJsonString(k)}: ${pythonJsonDumps(v)}`).join(', ')}}`;
+}
+
+function asciiJsonString(text: string): string {
+  return JSON.stringify(text).replace(
+    /[\u0080-\uffff]/g,
+    (ch) => `\\u${ch.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
+}
+
+// Strings cost about 2 bytes per char plus a header; objects and arrays about 16 bytes per slot.
+function estimateSize(info: Omit<TokenInfo, 'sizeBytes'>): number {
+  let bytes = 64 + 16 * Object.keys(info).length;
+  const add = (value: unknown): void => {
+    if (typeof value === 'string') bytes += 16 + 2 * value.length;
+    else if (Array.isArray(value)) {
+      bytes += 16 + 8 * value.length;
+      for (const item of value) add(item);
+    } else if (value !== null && typeof value === 'object') {
+      for (const [key, item] of Object.entries(value)) {
+        bytes += 16 + key.length;
+        add(item);
+      }
+    }
+  };
+  for (const value of Object.values(info)) add(value);
+  return bytes;
+}

@@ -1,0 +1,270 @@
+import { describe, expect, it, vi } from 'vitest';
+import { bindAllows, type DecisionPolicy, decide } from '../../../src/auth/decision.js';
+import type { TokenCheck } from '../../../src/auth/token-checker.js';
+import type { BindMode } from '../../../src/config/auth-options.js';
+import { KeystoneUnavailableError } from '../../../src/errors.js';
+import { parseTokenBody, type TokenInfo } from '../../../src/keystone/token-info.js';
+import { type FixtureToken, fixtureTokenBody } from '../../../src/testing.js';
+
+const info = (input: FixtureToken & { bind?: Record<string, string> } = {}): TokenInfo => {
+  const body = fixtureTokenBody(input);
+  if (input.bind) body.token.bind = input.bind;
+  return parseTokenBody(body, { renderCatalog: false });
+};
+
+const USER = info({ userId: 'user', roles: ['member'] });
+const SERVICE = info({ userId: 'nova', roles: ['service'] });
+const NOT_SERVICE = info({ userId: 'other', roles: ['member'] });
+const RULED = info({
+  userId: 'appcred-user',
+  appCredId: 'ac',
+  accessRules: [{ service: 'compute', method: 'GET', path: '/servers' }],
+  catalog: [{ type: 'compute', name: 'nova', endpoints: [] }],
+});
+const KERBEROS = info({ userId: 'krb', bind: { kerberos: 'alice@REALM' } });
+
+const valid = (i: TokenInfo): TokenCheck => ({ status: 'valid', info: i, source: 'keystone' });
+const invalid: TokenCheck = { status: 'invalid', reason: 'not_found' };
+const down: TokenCheck = { status: 'unavailable', error: new KeystoneUnavailableError('connect', 'down') };
+
+const policy: DecisionPolicy = {
+  delayAuthDecision: false,
+  serviceTokenRoles: ['service'],
+  serviceTokenRolesRequired: true,
+  serviceType: 'compute',
+  enforceTokenBind: 'permissive',
+};
+
+function checker(table: Record<string, TokenCheck | ((allowExpired: boolean) => TokenCheck)>) {
+  return vi.fn(async (token: string, allowExpired: boolean): Promise<TokenCheck> => {
+    const entry = table[token] ?? invalid;
+    return typeof entry === 'function' ? entry(allowExpired) : entry;
+  });
+}
+
+const request = (headers: Record<string, string>, method = 'GET', path = '/servers') => ({
+  method,
+  path,
+  headers,
+});
+
+describe('decide: default mode', () => {
+  it('no token → reject (missing), no Keystone call', async () => {
+    const check = checker({});
+    expect(await decide(request({}), policy, check)).toEqual({ action: 'reject', reason: 'missing' });
+    expect(check).not.toHaveBeenCalled();
+  });
+
+  it('blank token → reject without asking Keystone about it as a real token', async () => {
+    const check = checker({});
+    const d = await decide(request({ 'x-auth-token': '   ' }), policy, check);
+    expect(d.action).toBe('reject');
+  });
+
+  it('valid user token → forward, confirmed, no service status', async () => {
+    const d = await decide(request({ 'x-auth-token': 'u' }), policy, checker({ u: valid(USER) }));
+    expect(d).toEqual({ action: 'forward', user: { status: 'Confirmed', info: USER }, service: undefined });
+  });
+
+  it('X-Storage-Token is used when X-Auth-Token is absent; whitespace is trimmed', async () => {
+    const check = checker({ u: valid(USER) });
+    expect((await decide(request({ 'x-storage-token': ' u ' }), policy, check)).action).toBe('forward');
+    expect(check).toHaveBeenCalledWith('u', false);
+  });
+
+  it('invalid user token → reject (not_found)', async () => {
+    expect(await decide(request({ 'x-auth-token': 'bad' }), policy, checker({}))).toEqual({
+      action: 'reject',
+      reason: 'not_found',
+    });
+  });
+
+  it('Keystone unavailable for the user token → unavailable', async () => {
+    const d = await decide(request({ 'x-auth-token': 'u' }), policy, checker({ u: down }));
+    expect(d.action).toBe('unavailable');
+  });
+
+  it('user + service token with the service role → both confirmed, user checked with allow_expired', async () => {
+    const check = checker({ u: valid(USER), s: valid(SERVICE) });
+    const d = await decide(request({ 'x-auth-token': 'u', 'x-service-token': 's' }), policy, check);
+    expect(d).toEqual({
+      action: 'forward',
+      user: { status: 'Confirmed', info: USER },
+      service: { status: 'Confirmed', info: SERVICE },
+    });
+    expect(check).toHaveBeenNthCalledWith(1, 's', false);
+    expect(check).toHaveBeenNthCalledWith(2, 'u', true);
+  });
+
+  it('service token without the role, roles required → reject before validating the user token', async () => {
+    const check = checker({ u: valid(USER), s: valid(NOT_SERVICE) });
+    const d = await decide(request({ 'x-auth-token': 'u', 'x-service-token': 's' }), policy, check);
+    expect(d).toEqual({ action: 'reject', reason: 'service_token_invalid' });
+    expect(check).toHaveBeenCalledTimes(1);
+  });
+
+  it('service token without the role, roles not required → confirmed but no allow_expired, warned', async () => {
+    const check = checker({ u: valid(USER), s: valid(NOT_SERVICE) });
+    const warn = vi.fn();
+    const d = await decide(
+      request({ 'x-auth-token': 'u', 'x-service-token': 's' }),
+      { ...policy, serviceTokenRolesRequired: false },
+      check,
+      warn,
+    );
+    expect(d.action).toBe('forward');
+    expect(check).toHaveBeenNthCalledWith(2, 'u', false);
+    expect(warn).toHaveBeenCalledOnce();
+  });
+
+  it('invalid service token → reject even with a valid user token', async () => {
+    const d = await decide(
+      request({ 'x-auth-token': 'u', 'x-service-token': 'bad' }),
+      policy,
+      checker({ u: valid(USER) }),
+    );
+    expect(d).toEqual({ action: 'reject', reason: 'service_token_invalid' });
+  });
+
+  it('service token alone → reject', async () => {
+    const d = await decide(request({ 'x-service-token': 's' }), policy, checker({ s: valid(SERVICE) }));
+    expect(d).toEqual({ action: 'reject', reason: 'missing' });
+  });
+
+  it('Keystone unavailable for the service token → unavailable', async () => {
+    const d = await decide(
+      request({ 'x-auth-token': 'u', 'x-service-token': 's' }),
+      policy,
+      checker({ s: down }),
+    );
+    expect(d.action).toBe('unavailable');
+  });
+
+  it('expired user token is accepted only through a service token holding the role', async () => {
+    const table = { u: (allowExpired: boolean) => (allowExpired ? valid(USER) : invalid), s: valid(SERVICE) };
+    expect((await decide(request({ 'x-auth-token': 'u' }), policy, checker(table))).action).toBe('reject');
+    expect(
+      (await decide(request({ 'x-auth-token': 'u', 'x-service-token': 's' }), policy, checker(table))).action,
+    ).toBe('forward');
+  });
+});
+
+describe('decide: access rules', () => {
+  it('allowed method and path → forward; others → reject access_rule_denied', async () => {
+    const check = checker({ r: valid(RULED) });
+    expect((await decide(request({ 'x-auth-token': 'r' }, 'GET', '/servers'), policy, check)).action).toBe(
+      'forward',
+    );
+    expect(await decide(request({ 'x-auth-token': 'r' }, 'DELETE', '/servers'), policy, check)).toEqual({
+      action: 'reject',
+      reason: 'access_rule_denied',
+    });
+    expect(await decide(request({ 'x-auth-token': 'r' }, 'GET', '/flavors'), policy, check)).toEqual({
+      action: 'reject',
+      reason: 'access_rule_denied',
+    });
+  });
+
+  it('without service_type every access-rule token is refused', async () => {
+    const d = await decide(
+      request({ 'x-auth-token': 'r' }),
+      { ...policy, serviceType: undefined },
+      checker({ r: valid(RULED) }),
+    );
+    expect(d).toEqual({ action: 'reject', reason: 'access_rule_denied' });
+  });
+
+  it('a service token skips the rules', async () => {
+    const check = checker({ r: valid(RULED), s: valid(SERVICE) });
+    const d = await decide(
+      request({ 'x-auth-token': 'r', 'x-service-token': 's' }, 'DELETE', '/x'),
+      policy,
+      check,
+    );
+    expect(d.action).toBe('forward');
+  });
+});
+
+describe('decide: delay_auth_decision', () => {
+  const delay = { ...policy, delayAuthDecision: true };
+
+  it.each([
+    ['no token', {}, {}, 'missing'],
+    ['bad token', { 'x-auth-token': 'bad' }, {}, 'not_found'],
+    ['Keystone down', { 'x-auth-token': 'u' }, { u: down }, 'keystone_unavailable'],
+  ] as const)('%s → forward with the user Invalid', async (_name, headers, table, reason) => {
+    const d = await decide(request({ ...headers }), delay, checker({ ...table }));
+    expect(d).toEqual({ action: 'forward', user: { status: 'Invalid', reason }, service: undefined });
+  });
+
+  it('bad user + good service → user Invalid, service Confirmed', async () => {
+    const d = await decide(
+      request({ 'x-auth-token': 'bad', 'x-service-token': 's' }),
+      delay,
+      checker({ s: valid(SERVICE) }),
+    );
+    expect(d).toEqual({
+      action: 'forward',
+      user: { status: 'Invalid', reason: 'not_found' },
+      service: { status: 'Confirmed', info: SERVICE },
+    });
+  });
+
+  it('good user + bad service → user Confirmed, service Invalid (the app must check)', async () => {
+    const d = await decide(
+      request({ 'x-auth-token': 'u', 'x-service-token': 'bad' }),
+      delay,
+      checker({ u: valid(USER) }),
+    );
+    expect(d).toMatchObject({
+      action: 'forward',
+      user: { status: 'Confirmed' },
+      service: { status: 'Invalid' },
+    });
+  });
+
+  it('service token Keystone failure → service Invalid, not 503', async () => {
+    const d = await decide(
+      request({ 'x-auth-token': 'u', 'x-service-token': 's' }),
+      delay,
+      checker({ u: valid(USER), s: down }),
+    );
+    expect(d).toMatchObject({
+      action: 'forward',
+      service: { status: 'Invalid', reason: 'keystone_unavailable' },
+    });
+  });
+});
+
+describe('token bind', () => {
+  it.each([
+    [undefined, 'disabled', true],
+    [undefined, 'permissive', true],
+    [undefined, 'strict', true],
+    [undefined, 'required', false],
+    [undefined, { name: 'kerberos' }, false],
+    [{ kerberos: 'a' }, 'disabled', true],
+    [{ kerberos: 'a' }, 'permissive', false],
+    [{ x509: 'a' }, 'permissive', true],
+    [{ x509: 'a' }, 'strict', false],
+    [{ x509: 'a' }, 'required', false],
+    [{ x509: 'a' }, { name: 'x509' }, false],
+    [{ x509: 'a' }, { name: 'other' }, false],
+  ] as [Record<string, string> | undefined, BindMode, boolean][])(
+    'bind %j mode %j → %s',
+    (bind, mode, allowed) => {
+      expect(bindAllows(bind, mode)).toBe(allowed);
+    },
+  );
+
+  it('rejects a kerberos-bound user token, but not when a service token vouches', async () => {
+    const check = checker({ k: valid(KERBEROS), s: valid(SERVICE) });
+    expect(await decide(request({ 'x-auth-token': 'k' }), policy, check)).toEqual({
+      action: 'reject',
+      reason: 'bind_rejected',
+    });
+    expect(
+      (await decide(request({ 'x-auth-token': 'k', 'x-service-token': 's' }), policy, check)).action,
+    ).toBe('forward');
+  });
+});

@@ -4,6 +4,7 @@
  * Adapters and the proxy only translate this outcome to their request and response objects.
  */
 import { readFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import { Agent, type Dispatcher } from 'undici';
 import { type Decision, decide, type RequestFacts, type TokenVerdict } from '../auth/decision.js';
 import { TokenCache } from '../auth/token-cache.js';
@@ -51,14 +52,27 @@ export interface AuthContext {
   readonly reason: InvalidTokenReason | undefined;
 }
 
+/** Whether the tokens of a request were all served from the cache. */
+export type CacheUse = 'hit' | 'miss' | 'none';
+
+interface OutcomeFacts {
+  readonly cache: CacheUse;
+  /** Time spent deciding, Keystone calls included. */
+  readonly authSeconds: number;
+}
+
 export type AuthOutcome =
-  | { readonly action: 'forward'; readonly headers: readonly HeaderPair[]; readonly context: AuthContext }
-  | {
+  | (OutcomeFacts & {
+      readonly action: 'forward';
+      readonly headers: readonly HeaderPair[];
+      readonly context: AuthContext;
+    })
+  | (OutcomeFacts & {
       readonly action: 'respond';
       readonly response: PreparedResponse;
       readonly reason: InvalidTokenReason | 'keystone_unavailable';
       readonly error?: KeystoneUnavailableError;
-    };
+    });
 
 export interface Authenticator {
   readonly options: ResolvedAuthOptions;
@@ -68,8 +82,8 @@ export interface Authenticator {
   authenticate(request: RequestFacts): Promise<AuthOutcome>;
   /** Keystone validations under way. */
   inflight(): number;
-  /** Service token held and Keystone answered within the last minute (always true for an injected validator). */
-  isReady(): boolean;
+  /** Service token held and Keystone reachable (always true for an injected validator without `ready`). */
+  ready(): Promise<boolean>;
   /** Obtain the service token and find the identity endpoint now rather than on the first request. */
   warmUp(): Promise<void>;
   close(): Promise<void>;
@@ -203,7 +217,6 @@ export function createAuthenticator(input: AuthOptionsInput, deps: AuthDependenc
     serviceType: options.serviceType,
     enforceTokenBind: options.enforceTokenBind,
   };
-  const check = (token: string, allowExpired: boolean) => checker.check(token, allowExpired);
   let warnedRoleBypass = false;
   const onServiceRoleBypass = (): void => {
     if (warnedRoleBypass) return;
@@ -212,12 +225,13 @@ export function createAuthenticator(input: AuthOptionsInput, deps: AuthDependenc
   };
   const unauthorized = unauthorizedResponse(wwwAuthenticateUri);
 
-  const toOutcome = (decision: Decision): AuthOutcome => {
+  const toOutcome = (decision: Decision, facts: OutcomeFacts): AuthOutcome => {
     switch (decision.action) {
       case 'reject':
-        return { action: 'respond', response: unauthorized, reason: decision.reason };
+        return { ...facts, action: 'respond', response: unauthorized, reason: decision.reason };
       case 'unavailable':
         return {
+          ...facts,
           action: 'respond',
           response: unavailableResponse(),
           reason: 'keystone_unavailable',
@@ -232,7 +246,7 @@ export function createAuthenticator(input: AuthOptionsInput, deps: AuthDependenc
           service: service?.info,
           includeServiceCatalog: options.includeServiceCatalog,
         });
-        return { action: 'forward', headers, context: contextOf(user, service) };
+        return { ...facts, action: 'forward', headers, context: contextOf(user, service) };
       }
     }
   };
@@ -242,10 +256,21 @@ export function createAuthenticator(input: AuthOptionsInput, deps: AuthDependenc
     wwwAuthenticate: wwwAuthenticateValue(wwwAuthenticateUri),
     cache,
     async authenticate(request) {
-      return toOutcome(await decide(request, policy, check, onServiceRoleBypass));
+      const started = performance.now();
+      let lookups = 0;
+      let hits = 0;
+      const check = async (token: string, allowExpired: boolean) => {
+        lookups++;
+        const result = await checker.check(token, allowExpired);
+        if (result.status === 'valid' && result.source === 'cache') hits++;
+        return result;
+      };
+      const decision = await decide(request, policy, check, onServiceRoleBypass);
+      const cache: CacheUse = lookups === 0 ? 'none' : hits === lookups ? 'hit' : 'miss';
+      return toOutcome(decision, { cache, authSeconds: (performance.now() - started) / 1000 });
     },
     inflight: () => checker.inflight,
-    isReady: () => validator.isReady?.() ?? true,
+    ready: async () => (validator.ready === undefined ? true : validator.ready()),
     async warmUp() {
       if (validator instanceof KeystoneClient) await validator.warmUp();
     },

@@ -22,8 +22,8 @@ export interface ValidateOptions {
 /** What the engine needs from Keystone; the testing fixture implements it without HTTP. */
 export interface TokenValidator {
   validate(token: string, options: ValidateOptions): Promise<ValidationAnswer>;
-  /** True once the service token is held and Keystone answered recently (readiness). */
-  isReady?(): boolean;
+  /** Readiness: the service token is held and Keystone answers (probing it if it has been quiet). */
+  ready?(): Promise<boolean>;
   close?(): Promise<void>;
 }
 
@@ -99,6 +99,7 @@ export class KeystoneClient implements TokenValidator {
   /** Identity endpoint resolved from the catalog of this service token. */
   #endpointFor: { token: string; url: string } | undefined;
   #lastAnswerAt = Number.NEGATIVE_INFINITY;
+  #lastFailureAt = Number.NEGATIVE_INFINITY;
   #warnedFallback = false;
 
   constructor(options: KeystoneClientOptions) {
@@ -120,19 +121,59 @@ export class KeystoneClient implements TokenValidator {
     });
   }
 
-  isReady(): boolean {
-    return this.#serviceToken.peek() !== undefined && this.#options.now() - this.#lastAnswerAt < 60_000;
+  /**
+   * Ready when the service token is held and the last exchange with Keystone succeeded within 10 s; otherwise
+   * Keystone is probed (service token, identity endpoint, its version document) within a 2 s budget.
+   */
+  async ready(): Promise<boolean> {
+    const now = this.#options.now();
+    const fresh = now - this.#lastAnswerAt < 10_000 && this.#lastAnswerAt >= this.#lastFailureAt;
+    if (fresh && this.#serviceToken.peek() !== undefined) return true;
+    try {
+      await this.warmUp(Math.min(this.#options.requestTimeoutMs, 2_000), true);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /** Obtain the service token and resolve the identity endpoint ahead of the first request. */
-  async warmUp(): Promise<void> {
-    const deadline = performance.now() + this.#options.requestTimeoutMs;
-    const service = await this.#serviceToken.get(await this.#authV3Url(deadline), deadline);
-    await this.#identityEndpoint(service, deadline);
-    this.#lastAnswerAt = this.#options.now();
+  async warmUp(budgetMs = this.#options.requestTimeoutMs, probe = false): Promise<void> {
+    const deadline = performance.now() + budgetMs;
+    try {
+      const service = await this.#serviceToken.get(await this.#authV3Url(deadline), deadline);
+      const endpoint = await this.#identityEndpoint(service, deadline);
+      if (probe) {
+        const response = await this.#http.send({
+          operation: 'discovery',
+          method: 'GET',
+          url: new URL(endpoint),
+          headers: {},
+          deadline,
+        });
+        if (response.status >= 500) {
+          throw new KeystoneUnavailableError('http_status', `Keystone answered HTTP ${response.status}`, {
+            status: response.status,
+          });
+        }
+      }
+      this.#lastAnswerAt = this.#options.now();
+    } catch (error) {
+      this.#lastFailureAt = this.#options.now();
+      throw error;
+    }
   }
 
   async validate(token: string, options: ValidateOptions): Promise<ValidationAnswer> {
+    try {
+      return await this.#validate(token, options);
+    } catch (error) {
+      this.#lastFailureAt = this.#options.now();
+      throw error;
+    }
+  }
+
+  async #validate(token: string, options: ValidateOptions): Promise<ValidationAnswer> {
     const deadline = performance.now() + this.#options.requestTimeoutMs;
     const authV3 = await this.#authV3Url(deadline);
     // Keystone 401 means our own token went stale: re-authenticate once, then give up.

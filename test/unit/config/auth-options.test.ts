@@ -147,7 +147,7 @@ describe('README', () => {
     const { readFileSync } = await import('node:fs');
     const readme = readFileSync(new URL('../../../README.md', import.meta.url), 'utf8');
     for (const { name, default: value } of describeAuthOptions()) {
-      const row = readme.split('\n').find((line) => line.startsWith(`| \`${name}\` |`));
+      const row = readme.split('\n').find((line) => new RegExp(`^\\|\\s*\`${name}\`\\s*\\|`).test(line));
       expect(row, name).toBeDefined();
       if (value !== '') expect(row, name).toContain(`\`${value}\``);
     }

@@ -81,7 +81,7 @@ export class TokenChecker {
     try {
       const answer = await validator.validate(token, { allowExpired: mode === 'allow_expired' });
       if (answer.kind === 'invalid') {
-        logger.info({ token: fingerprint }, 'Keystone does not recognise the token');
+        logger.info({ tokenHash: fingerprint }, 'Keystone does not recognise the token');
         return { status: 'invalid', reason: 'not_found' };
       }
       const info = parseTokenBody(answer.body, { renderCatalog });
@@ -89,7 +89,7 @@ export class TokenChecker {
       return { status: 'valid', info };
     } catch (error) {
       if (error instanceof MalformedTokenBodyError) {
-        logger.warn({ token: fingerprint, problem: error.message }, 'invalid token contents');
+        logger.warn({ tokenHash: fingerprint, problem: error.message }, 'invalid token contents');
         return { status: 'invalid', reason: 'malformed_body' };
       }
       const unavailable =
@@ -99,7 +99,7 @@ export class TokenChecker {
               cause: error,
             });
       logger.error(
-        { token: fingerprint, reason: unavailable.reason, keystoneStatus: unavailable.keystoneStatus },
+        { tokenHash: fingerprint, reason: unavailable.reason, keystoneStatus: unavailable.keystoneStatus },
         'unable to validate token: Keystone unavailable',
       );
       return { status: 'unavailable', error: unavailable };

@@ -46,3 +46,29 @@ export function unavailableResponse(): PreparedResponse {
     body: UNAVAILABLE_BODY,
   };
 }
+
+/** Any other error the proxy answers itself, in the same JSON shape as keystonemiddleware's 401. */
+export function errorResponse(
+  status: number,
+  title: string,
+  message: string,
+  headers: Record<string, string> = {},
+): PreparedResponse {
+  const body = `{"error": {"code": ${status}, "title": ${JSON.stringify(title)}, "message": ${JSON.stringify(message)}}}`;
+  return {
+    status,
+    headers: {
+      'Content-Type': 'application/json',
+      'Content-Length': String(Buffer.byteLength(body)),
+      ...headers,
+    },
+    body,
+  };
+}
+
+/** The response as raw HTTP/1.1 bytes, for sockets that have no ServerResponse (upgrades, parse errors). */
+export function rawResponse(response: PreparedResponse, reason: string, withBody = true): string {
+  const lines = [`HTTP/1.1 ${response.status} ${reason}`, 'Connection: close'];
+  for (const [name, value] of Object.entries(response.headers)) lines.push(`${name}: ${value}`);
+  return `${lines.join('\r\n')}\r\n\r\n${withBody ? response.body : ''}`;
+}

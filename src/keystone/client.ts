@@ -98,9 +98,8 @@ export class KeystoneClient implements TokenValidator {
   #authV3: string | undefined;
   /** Identity endpoint resolved from the catalog of this service token. */
   #endpointFor: { token: string; url: string } | undefined;
-  #lastAnswerAt = Number.NEGATIVE_INFINITY;
-  #lastFailureAt = Number.NEGATIVE_INFINITY;
   #warnedFallback = false;
+  #probe: Promise<boolean> | undefined;
 
   constructor(options: KeystoneClientOptions) {
     this.#options = options;
@@ -122,58 +121,43 @@ export class KeystoneClient implements TokenValidator {
   }
 
   /**
-   * Ready when the service token is held and the last exchange with Keystone succeeded within 10 s; otherwise
-   * Keystone is probed (service token, identity endpoint, its version document) within a 2 s budget.
+   * Readiness: holds (or can obtain) the service token, and Keystone answers a request for its version document
+   * now. Probed on every call (a readiness probe comes every few seconds); concurrent calls share one probe.
    */
-  async ready(): Promise<boolean> {
-    const now = this.#options.now();
-    const fresh = now - this.#lastAnswerAt < 10_000 && this.#lastAnswerAt >= this.#lastFailureAt;
-    if (fresh && this.#serviceToken.peek() !== undefined) return true;
-    try {
-      await this.warmUp(Math.min(this.#options.requestTimeoutMs, 2_000), true);
-      return true;
-    } catch {
-      return false;
-    }
+  ready(): Promise<boolean> {
+    this.#probe ??= this.warmUp(Math.min(this.#options.requestTimeoutMs, 2_000), true)
+      .then(
+        () => true,
+        () => false,
+      )
+      .finally(() => {
+        this.#probe = undefined;
+      });
+    return this.#probe;
   }
 
   /** Obtain the service token and resolve the identity endpoint ahead of the first request. */
   async warmUp(budgetMs = this.#options.requestTimeoutMs, probe = false): Promise<void> {
     const deadline = performance.now() + budgetMs;
-    try {
-      const service = await this.#serviceToken.get(await this.#authV3Url(deadline), deadline);
-      const endpoint = await this.#identityEndpoint(service, deadline);
-      if (probe) {
-        const response = await this.#http.send({
-          operation: 'discovery',
-          method: 'GET',
-          url: new URL(endpoint),
-          headers: {},
-          deadline,
+    const service = await this.#serviceToken.get(await this.#authV3Url(deadline), deadline);
+    const endpoint = await this.#identityEndpoint(service, deadline);
+    if (probe) {
+      const response = await this.#http.send({
+        operation: 'discovery',
+        method: 'GET',
+        url: new URL(endpoint),
+        headers: {},
+        deadline,
+      });
+      if (response.status >= 500) {
+        throw new KeystoneUnavailableError('http_status', `Keystone answered HTTP ${response.status}`, {
+          status: response.status,
         });
-        if (response.status >= 500) {
-          throw new KeystoneUnavailableError('http_status', `Keystone answered HTTP ${response.status}`, {
-            status: response.status,
-          });
-        }
       }
-      this.#lastAnswerAt = this.#options.now();
-    } catch (error) {
-      this.#lastFailureAt = this.#options.now();
-      throw error;
     }
   }
 
   async validate(token: string, options: ValidateOptions): Promise<ValidationAnswer> {
-    try {
-      return await this.#validate(token, options);
-    } catch (error) {
-      this.#lastFailureAt = this.#options.now();
-      throw error;
-    }
-  }
-
-  async #validate(token: string, options: ValidateOptions): Promise<ValidationAnswer> {
     const deadline = performance.now() + this.#options.requestTimeoutMs;
     const authV3 = await this.#authV3Url(deadline);
     // Keystone 401 means our own token went stale: re-authenticate once, then give up.
@@ -239,7 +223,6 @@ export class KeystoneClient implements TokenValidator {
     });
     const { status } = response;
     if (status === 401) return 'stale';
-    this.#lastAnswerAt = this.#options.now();
     if (status === 404) return { kind: 'invalid' };
     if (status === 200 || status === 203) {
       if (response.json === undefined) {

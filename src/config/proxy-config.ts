@@ -1,0 +1,240 @@
+/**
+ * The sidecar's YAML configuration: one schema for the whole file (the `keystone_authtoken` section is the
+ * engine's schema, keystonemiddleware's names verbatim). `${VAR}` and `${VAR:-default}` in string values come from
+ * the environment so secrets stay out of the file. Unknown keys are errors; every problem is reported at once.
+ */
+import { readFileSync } from 'node:fs';
+import { parseDocument } from 'yaml';
+import { z } from 'zod';
+import { ConfigError, type ConfigIssue } from '../errors.js';
+import { type AuthOptionsInput, authOptionsSchema } from './auth-options.js';
+
+const numberLike = z.union([
+  z.number(),
+  z
+    .string()
+    .trim()
+    .regex(/^\d+(\.\d+)?$/, { message: 'must be a number' })
+    .transform(Number),
+]);
+const port = numberLike.pipe(
+  z.number().int().min(0).max(65_535, { message: 'must be a port number (0-65535)' }),
+);
+const positiveSeconds = numberLike.pipe(z.number().positive({ message: 'must be greater than 0 (seconds)' }));
+const bytes = numberLike.pipe(z.number().int().positive({ message: 'must be a positive number of bytes' }));
+const bool = z.union([z.boolean(), z.enum(['true', 'false']).transform((s) => s === 'true')]);
+
+const listenSchema = z
+  .object({
+    host: z.string().min(1).default('0.0.0.0').describe('Address to listen on.'),
+    port: port.describe('TCP port (0 picks a free one).'),
+  })
+  .strict();
+
+const httpUrl = z.string().refine(
+  (s) => {
+    try {
+      const url = new URL(s);
+      return (url.protocol === 'http:' || url.protocol === 'https:') && url.search === '' && url.hash === '';
+    } catch {
+      return false;
+    }
+  },
+  { message: 'must be an http(s) URL without query or fragment' },
+);
+
+const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', '*'] as const;
+
+export const proxyConfigSchema = z
+  .object({
+    listen: listenSchema.optional().describe('Where the proxied API is served (the port clients use).'),
+    upstream: z
+      .object({
+        url: httpUrl.describe('The service behind the proxy, e.g. http://127.0.0.1:18774.'),
+        connect_timeout_seconds: positiveSeconds
+          .default(5)
+          .describe('Time to connect to the upstream: 502 after.'),
+        response_timeout_seconds: positiveSeconds
+          .default(120)
+          .describe('Time for the upstream to send response headers: 504 after.'),
+        insecure: bool.default(false).describe('Do not verify an https upstream certificate.'),
+      })
+      .strict()
+      .optional(),
+    admin_listen: listenSchema
+      .default({ host: '127.0.0.1', port: 9180 })
+      .describe('Where /metrics, /healthz and /readyz are served; never the proxied port.'),
+    keystone_authtoken: authOptionsSchema.describe(
+      'keystonemiddleware [keystone_authtoken] options, verbatim.',
+    ),
+    public_routes: z
+      .array(
+        z
+          .object({
+            methods: z
+              .array(z.enum(METHODS))
+              .default(['GET', 'HEAD'])
+              .describe('Methods the route covers; "*" is any.'),
+            path: z
+              .string()
+              .startsWith('/', { message: 'must start with /' })
+              .describe('Path pattern: {name} or * is one segment, ** is anything.'),
+          })
+          .strict(),
+      )
+      .default([])
+      .describe('Routes served without a token (identity headers are still stripped).'),
+    forward_auth: z
+      .object({
+        enabled: bool.default(false),
+        path: z.string().startsWith('/').default('/auth').describe('Path of the forward-auth endpoint.'),
+        listen: listenSchema.optional().describe('A listener of its own; default: the admin listener.'),
+      })
+      .strict()
+      .default({ enabled: false, path: '/auth' })
+      .describe('nginx auth_request / Envoy ext_authz / Traefik ForwardAuth endpoint.'),
+    log: z
+      .object({
+        level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+        format: z.enum(['json', 'pretty']).default('json'),
+      })
+      .strict()
+      .default({ level: 'info', format: 'json' }),
+    metrics: z
+      .object({
+        enabled: bool.default(true),
+        prefix: z
+          .string()
+          .regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/, { message: 'must be a Prometheus name prefix' })
+          .default('keystone_auth_proxy'),
+      })
+      .strict()
+      .default({ enabled: true, prefix: 'keystone_auth_proxy' }),
+    shutdown: z
+      .object({
+        grace_period_seconds: positiveSeconds
+          .default(25)
+          .describe('On SIGTERM/SIGINT, how long in-flight requests may take to finish.'),
+      })
+      .strict()
+      .default({ grace_period_seconds: 25 }),
+    limits: z
+      .object({
+        max_header_bytes: bytes.default(16_384).describe('Largest request head accepted (431 beyond).'),
+        headers_timeout_seconds: positiveSeconds
+          .default(60)
+          .describe('Most time a client may take to send the request head (408 after).'),
+        idle_timeout_seconds: positiveSeconds
+          .default(300)
+          .describe('A client connection silent this long is closed (bodies may stream for longer).'),
+      })
+      .strict()
+      .default({ max_header_bytes: 16_384, headers_timeout_seconds: 60, idle_timeout_seconds: 300 }),
+  })
+  .strict();
+
+export type ProxyConfig = z.output<typeof proxyConfigSchema>;
+export type ProxyConfigInput = z.input<typeof proxyConfigSchema>;
+export type { AuthOptionsInput };
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+/** Replaces `${VAR}` / `${VAR:-default}` in every string of the tree; collects unset variables as issues. */
+export function substituteEnv(value: unknown, env: Env, issues: ConfigIssue[], path: string[] = []): unknown {
+  if (typeof value === 'string') {
+    return value.replace(
+      /\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}/g,
+      (_match, name: string, fallback?: string) => {
+        const found = env[name];
+        if (found !== undefined) return found;
+        if (fallback !== undefined) return fallback;
+        issues.push({ path: path.join('.'), message: `environment variable ${name} is not set` });
+        return '';
+      },
+    );
+  }
+  if (Array.isArray(value))
+    return value.map((item, i) => substituteEnv(item, env, issues, [...path, String(i)]));
+  if (value !== null && typeof value === 'object') {
+    return Object.fromEntries(
+      Object.entries(value).map(([key, item]) => [key, substituteEnv(item, env, issues, [...path, key])]),
+    );
+  }
+  return value;
+}
+
+function zodIssues(error: z.ZodError): ConfigIssue[] {
+  return error.issues.flatMap((issue) => {
+    const base = issue.path.map(String);
+    return issue.code === 'unrecognized_keys'
+      ? issue.keys.map((key) => ({ path: [...base, key].join('.'), message: 'unknown option' }))
+      : [{ path: base.join('.'), message: issue.message }];
+  });
+}
+
+function crossIssues(config: ProxyConfig): ConfigIssue[] {
+  const issues: ConfigIssue[] = [];
+  if ((config.listen === undefined) !== (config.upstream === undefined)) {
+    issues.push({
+      path: config.listen === undefined ? 'listen' : 'upstream',
+      message: 'listen and upstream go together',
+    });
+  }
+  if (config.listen === undefined && !config.forward_auth.enabled) {
+    issues.push({ path: 'listen', message: 'is required unless forward_auth is enabled' });
+  }
+  const ports = [
+    ['listen', config.listen],
+    ['admin_listen', config.admin_listen],
+    ['forward_auth.listen', config.forward_auth.listen],
+  ] as const;
+  for (let i = 0; i < ports.length; i++) {
+    for (let j = i + 1; j < ports.length; j++) {
+      const [nameA, a] = ports[i] as (typeof ports)[number];
+      const [nameB, b] = ports[j] as (typeof ports)[number];
+      if (a !== undefined && b !== undefined && a.port !== 0 && a.port === b.port) {
+        issues.push({ path: `${nameB}.port`, message: `must differ from ${nameA}.port` });
+      }
+    }
+  }
+  return issues;
+}
+
+/** Validates an already-parsed document (e.g. from tests); throws one ConfigError with every problem. */
+export function resolveProxyConfig(
+  raw: unknown,
+  env: Env = process.env,
+  source = 'configuration',
+): ProxyConfig {
+  const issues: ConfigIssue[] = [];
+  const substituted = substituteEnv(raw ?? {}, env, issues);
+  const parsed = proxyConfigSchema.safeParse(substituted);
+  if (!parsed.success) issues.push(...zodIssues(parsed.error));
+  else issues.push(...crossIssues(parsed.data));
+  if (issues.length > 0 || !parsed.success) throw new ConfigError(issues, `invalid ${source}`);
+  return parsed.data;
+}
+
+/** Reads and validates a YAML file. YAML syntax errors are reported with their line. */
+export function loadProxyConfig(file: string, env: Env = process.env): ProxyConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new ConfigError(
+      [{ path: '', message: `cannot read ${file}: ${(error as Error).message}` }],
+      `invalid ${file}`,
+    );
+  }
+  const document = parseDocument(text, { prettyErrors: true, uniqueKeys: true });
+  if (document.errors.length > 0) {
+    throw new ConfigError(
+      document.errors.map((error) => ({
+        path: error.linePos ? `line ${error.linePos[0].line}` : '',
+        message: error.message.split('\n')[0] ?? error.message,
+      })),
+      `invalid YAML in ${file}`,
+    );
+  }
+  return resolveProxyConfig(document.toJS(), env, file);
+}

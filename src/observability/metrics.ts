@@ -1,0 +1,289 @@
+/**
+ * Every Prometheus metric the proxy exposes is defined here, on a registry of its own: embedding the package
+ * must never add series to the host application's global prom-client register.
+ * Label values only ever come from the fixed sets below, never from request data (tokens, users, paths).
+ */
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { InvalidTokenReason } from '../errors.js';
+import type { AuthObserver, CacheEvent, KeystoneOperation, KeystoneOutcome } from './observer.js';
+
+export type RequestDecision =
+  | 'confirmed'
+  | 'rejected'
+  | 'unavailable'
+  | 'delegated'
+  | 'public'
+  | 'bad_request'
+  | 'admin';
+export type UpstreamErrorReason =
+  | 'connect_refused'
+  | 'connect_timeout'
+  | 'reset'
+  | 'response_timeout'
+  | 'other';
+
+export interface MetricsSource {
+  cacheEntries(): number;
+  cacheBytes(): number;
+  validationsInFlight(): number;
+}
+
+export interface ProxyMetrics extends Required<AuthObserver> {
+  readonly registry: Registry;
+  readonly contentType: string;
+  /** Increments the in-flight gauge; the returned function decrements it (idempotent). */
+  requestStarted(): () => void;
+  /** One finished client request: decision, HTTP method (normalised), status code, duration. */
+  request(decision: RequestDecision, method: string, status: number, durationSeconds: number): void;
+  /** Why a token was (not) accepted: 'confirmed' or an InvalidTokenReason, or 'keystone_unavailable'. */
+  authDecision(result: string): void;
+  upstreamError(reason: UpstreamErrorReason): void;
+  /** Gauges read at scrape time (collect callbacks): cache entries/bytes, Keystone validations in flight. */
+  track(source: MetricsSource): void;
+  /** The exposition text. */
+  scrape(): Promise<string>;
+}
+
+export interface MetricsOptions {
+  /** Namespace of every metric except the Node process ones, e.g. `keystone_auth_proxy`. */
+  prefix: string;
+  /** Reported as the `version` label of `<prefix>_build_info`. */
+  version: string;
+  /** Node's default process metrics (unprefixed, standard names); default true. */
+  collectProcessMetrics?: boolean;
+  /** Defaults to a fresh Registry; pass one to merge with an embedder's own (names must not clash). */
+  registry?: Registry;
+}
+
+// Records keyed by the unions make the compiler reject a union member that is missing here.
+const KEYSTONE_OPERATIONS: Record<KeystoneOperation, true> = { discovery: true, auth: true, validate: true };
+const KEYSTONE_OUTCOMES: Record<KeystoneOutcome, true> = {
+  ok: true,
+  invalid: true,
+  unauthorized: true,
+  forbidden: true,
+  http_error: true,
+  timeout: true,
+  connect_error: true,
+  tls_error: true,
+  bad_response: true,
+};
+const CACHE_EVENTS: Record<CacheEvent, true> = { hit: true, miss: true, coalesced: true, expired: true };
+const UPSTREAM_ERROR_REASONS: Record<UpstreamErrorReason, true> = {
+  connect_refused: true,
+  connect_timeout: true,
+  reset: true,
+  response_timeout: true,
+  other: true,
+};
+const INVALID_TOKEN_REASONS: Record<InvalidTokenReason, true> = {
+  missing: true,
+  not_found: true,
+  expired: true,
+  malformed_body: true,
+  access_rule_denied: true,
+  bind_rejected: true,
+  service_token_invalid: true,
+  service_token_roles: true,
+  keystone_unavailable: true,
+};
+const SERVICE_TOKEN_OUTCOMES: Record<'ok' | 'error', true> = { ok: true, error: true };
+const DECISIONS: Record<RequestDecision, true> = {
+  confirmed: true,
+  rejected: true,
+  unavailable: true,
+  delegated: true,
+  public: true,
+  bad_request: true,
+  admin: true,
+};
+
+/** authDecision() takes any string (callers forward reasons as-is); unknown ones count as 'other'. */
+const AUTH_RESULTS: Record<string, true> = { confirmed: true, ...INVALID_TOKEN_REASONS };
+const METHODS: Record<string, true> = {
+  GET: true,
+  HEAD: true,
+  POST: true,
+  PUT: true,
+  PATCH: true,
+  DELETE: true,
+  OPTIONS: true,
+};
+
+/** From a cache hit (sub-millisecond) to a slow upstream; the last bucket matches common proxy timeouts. */
+const REQUEST_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+/** Keystone calls always cross the network, so the sub-millisecond buckets would stay empty. */
+const KEYSTONE_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+function keysOf<K extends string>(record: Record<K, true>): K[] {
+  return Object.keys(record) as K[];
+}
+
+/**
+ * Label values only from a fixed set: typed callers never miss, but plain-JS embedders can pass anything.
+ * Methods are matched case-sensitively, as HTTP defines them (Node always hands them over upper-case).
+ */
+function bounded(record: Record<string, true>, value: string): string {
+  return Object.hasOwn(record, value) ? value : 'other';
+}
+
+function codeClass(status: number): string {
+  return Number.isInteger(status) && status >= 100 && status <= 599
+    ? `${Math.floor(status / 100)}xx`
+    : 'other';
+}
+
+/** prom-client throws on NaN/Infinity; a bad clock reading must not break the request that reports it. */
+function seconds(value: number): number | undefined {
+  return Number.isFinite(value) ? Math.max(0, value) : undefined;
+}
+
+export function createMetrics(options: MetricsOptions): ProxyMetrics {
+  const registry = options.registry ?? new Registry();
+  const registers = [registry];
+  const name = (suffix: string): string => `${options.prefix}_${suffix}`;
+  const sources: MetricsSource[] = [];
+  const sum = (read: (source: MetricsSource) => number): number =>
+    sources.reduce((total, source) => total + read(source), 0);
+
+  const requests = new Counter({
+    name: name('http_requests_total'),
+    help: 'Client requests handled, by auth decision, normalised HTTP method and status class.',
+    labelNames: ['decision', 'method', 'code_class'] as const,
+    registers,
+  });
+  const requestDuration = new Histogram({
+    name: name('http_request_duration_seconds'),
+    help: 'Time from receiving a client request to finishing its response, in seconds.',
+    labelNames: ['decision', 'code_class'] as const,
+    buckets: REQUEST_BUCKETS,
+    registers,
+  });
+  const requestsInFlight = new Gauge({
+    name: name('http_requests_in_flight'),
+    help: 'Client requests currently being handled.',
+    registers,
+  });
+  const authDecisions = new Counter({
+    name: name('auth_decisions_total'),
+    help: 'Token checks, by result: confirmed, or why the token was not accepted.',
+    labelNames: ['result'] as const,
+    registers,
+  });
+  const keystoneRequests = new Counter({
+    name: name('keystone_requests_total'),
+    help: 'Requests sent to Keystone, by operation and outcome.',
+    labelNames: ['operation', 'outcome'] as const,
+    registers,
+  });
+  const keystoneDuration = new Histogram({
+    name: name('keystone_request_duration_seconds'),
+    help: 'Duration of requests to Keystone, in seconds.',
+    labelNames: ['operation'] as const,
+    buckets: KEYSTONE_BUCKETS,
+    registers,
+  });
+  const cacheRequests = new Counter({
+    name: name('token_cache_requests_total'),
+    help: 'Token cache lookups, by result.',
+    labelNames: ['result'] as const,
+    registers,
+  });
+  new Gauge({
+    name: name('token_cache_entries'),
+    help: 'Tokens currently held in the validation cache.',
+    registers,
+    collect() {
+      this.set(sum((source) => source.cacheEntries()));
+    },
+  });
+  new Gauge({
+    name: name('token_cache_bytes'),
+    help: 'Approximate size of the token validation cache, in bytes.',
+    registers,
+    collect() {
+      this.set(sum((source) => source.cacheBytes()));
+    },
+  });
+  new Gauge({
+    name: name('keystone_validations_in_flight'),
+    help: 'Token validations currently waiting for Keystone.',
+    registers,
+    collect() {
+      this.set(sum((source) => source.validationsInFlight()));
+    },
+  });
+  const upstreamErrors = new Counter({
+    name: name('upstream_errors_total'),
+    help: 'Requests that could not be forwarded to, or answered by, the upstream, by reason.',
+    labelNames: ['reason'] as const,
+    registers,
+  });
+  const serviceTokenRefreshes = new Counter({
+    name: name('service_token_refreshes_total'),
+    help: "Attempts to obtain the proxy's own Keystone token, by outcome.",
+    labelNames: ['outcome'] as const,
+    registers,
+  });
+  new Gauge({
+    name: name('build_info'),
+    help: 'Always 1; the labels carry the proxy version and the Node.js version.',
+    labelNames: ['version', 'node_version'] as const,
+    registers,
+  }).set({ version: options.version, node_version: process.version }, 1);
+
+  // Export zero for every series known in advance, so dashboards and rate() see them before the first event.
+  for (const result of [...Object.keys(AUTH_RESULTS), 'other']) authDecisions.inc({ result }, 0);
+  for (const operation of keysOf(KEYSTONE_OPERATIONS)) {
+    keystoneDuration.zero({ operation });
+    for (const outcome of keysOf(KEYSTONE_OUTCOMES)) keystoneRequests.inc({ operation, outcome }, 0);
+  }
+  for (const result of keysOf(CACHE_EVENTS)) cacheRequests.inc({ result }, 0);
+  for (const reason of keysOf(UPSTREAM_ERROR_REASONS)) upstreamErrors.inc({ reason }, 0);
+  for (const outcome of keysOf(SERVICE_TOKEN_OUTCOMES)) serviceTokenRefreshes.inc({ outcome }, 0);
+
+  if (options.collectProcessMetrics !== false) collectDefaultMetrics({ register: registry });
+
+  return {
+    registry,
+    contentType: registry.contentType,
+    requestStarted: () => {
+      requestsInFlight.inc();
+      let done = false;
+      return () => {
+        if (done) return;
+        done = true;
+        requestsInFlight.dec();
+      };
+    },
+    request: (requestDecision, method, status, durationSeconds) => {
+      const decision = bounded(DECISIONS, requestDecision);
+      const code_class = codeClass(status);
+      requests.inc({ decision, method: bounded(METHODS, method), code_class });
+      const duration = seconds(durationSeconds);
+      if (duration !== undefined) requestDuration.observe({ decision, code_class }, duration);
+    },
+    authDecision: (result) => {
+      authDecisions.inc({ result: bounded(AUTH_RESULTS, result) });
+    },
+    upstreamError: (reason) => {
+      upstreamErrors.inc({ reason: bounded(UPSTREAM_ERROR_REASONS, reason) });
+    },
+    keystoneRequest: (operation, outcome, durationSeconds) => {
+      const op = bounded(KEYSTONE_OPERATIONS, operation);
+      keystoneRequests.inc({ operation: op, outcome: bounded(KEYSTONE_OUTCOMES, outcome) });
+      const duration = seconds(durationSeconds);
+      if (duration !== undefined) keystoneDuration.observe({ operation: op }, duration);
+    },
+    cache: (event) => {
+      cacheRequests.inc({ result: bounded(CACHE_EVENTS, event) });
+    },
+    serviceTokenRefresh: (outcome) => {
+      serviceTokenRefreshes.inc({ outcome: bounded(SERVICE_TOKEN_OUTCOMES, outcome) });
+    },
+    track: (source) => {
+      sources.push(source);
+    },
+    scrape: () => registry.metrics(),
+  };
+}

@@ -1,0 +1,404 @@
+/**
+ * The sidecar: a proxied listener (strip → public route? → authenticate → inject → forward), an admin listener
+ * (/healthz, /readyz, /metrics, and forward-auth unless it has a listener of its own), graceful shutdown.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import type { Duplex } from 'node:stream';
+import type { ProxyConfig } from '../config/proxy-config.js';
+import {
+  type AuthDependencies,
+  type Authenticator,
+  type AuthOutcome,
+  createAuthenticator,
+} from '../http/authenticate.js';
+import {
+  injectIdentity,
+  requestFacts,
+  requestPath,
+  sendPrepared,
+  stripRequestIdentity,
+} from '../http/node-request.js';
+import { errorResponse, type PreparedResponse, rawResponse } from '../http/responses.js';
+import { REQUEST_ID_HEADER } from '../identity/headers.js';
+import type { ProxyMetrics, RequestDecision } from '../observability/metrics.js';
+import type { Logger } from '../observability/observer.js';
+import { createForwardAuthHandler } from './forward-auth.js';
+import { createForwarder, type Forwarder, type UpstreamFailure } from './forwarder.js';
+import { requestIdOf } from './request-id.js';
+import { createRouteMatcher } from './routes.js';
+
+export interface ProxyDependencies extends Omit<AuthDependencies, 'logger' | 'observer'> {
+  readonly logger: Logger;
+  readonly metrics?: ProxyMetrics | undefined;
+}
+
+export interface RunningProxy {
+  /** Base URL of the proxied listener, when there is one. */
+  readonly url: string | undefined;
+  readonly adminUrl: string;
+  /** Base URL of the forward-auth endpoint, when enabled. */
+  readonly forwardAuthUrl: string | undefined;
+  readonly authenticator: Authenticator;
+  /** Requests being served on the proxied and forward-auth listeners. */
+  inFlight(): number;
+  /** Stop accepting, let in-flight requests finish for up to `graceMs`, then close everything. */
+  shutdown(graceMs: number): Promise<{ unfinished: number }>;
+}
+
+const REASONS: Record<number, string> = {
+  400: 'Bad Request',
+  401: 'Unauthorized',
+  408: 'Request Timeout',
+  413: 'Content Too Large',
+  431: 'Request Header Fields Too Large',
+  502: 'Bad Gateway',
+  503: 'Service Unavailable',
+  504: 'Gateway Timeout',
+};
+
+const UPSTREAM_MESSAGES: Record<UpstreamFailure, string> = {
+  connect_refused: 'The service behind the proxy refused the connection.',
+  connect_timeout: 'The service behind the proxy did not accept the connection in time.',
+  reset: 'The service behind the proxy closed the connection.',
+  response_timeout: 'The service behind the proxy did not answer in time.',
+  other: 'The service behind the proxy could not be reached.',
+};
+
+function listen(server: Server, host: string, port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      const address = server.address() as AddressInfo;
+      const shown = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+      resolve(`http://${shown}:${address.port}`);
+    });
+  });
+}
+
+/** Malformed requests, oversized heads and slow clients get a JSON answer too, never a bare close. */
+function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
+  if (!socket.writable || (socket as Socket).writableEnded) {
+    socket.destroy();
+    return;
+  }
+  const status =
+    error.code === 'HPE_HEADER_OVERFLOW' ? 431 : error.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+  const message =
+    status === 431
+      ? 'The request headers are too large.'
+      : status === 408
+        ? 'The request took too long to arrive.'
+        : 'The request could not be parsed.';
+  socket.end(
+    rawResponse(errorResponse(status, REASONS[status] ?? 'Error', message), REASONS[status] ?? 'Error'),
+  );
+}
+
+export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): Promise<RunningProxy> {
+  const { logger, metrics } = deps;
+  const authenticator = createAuthenticator(config.keystone_authtoken, {
+    ...deps,
+    logger,
+    observer: metrics ?? {},
+  });
+  metrics?.track({
+    cacheEntries: () => authenticator.cache.size,
+    cacheBytes: () => authenticator.cache.bytes,
+    validationsInFlight: () => authenticator.inflight(),
+  });
+  const isPublic = createRouteMatcher(config.public_routes);
+  const upstream = config.upstream;
+  const forwarder: Forwarder | undefined =
+    upstream === undefined
+      ? undefined
+      : createForwarder({
+          target: new URL(upstream.url),
+          connectTimeoutMs: upstream.connect_timeout_seconds * 1000,
+          responseTimeoutMs: upstream.response_timeout_seconds * 1000,
+          insecure: upstream.insecure,
+          wwwAuthenticate: authenticator.wwwAuthenticate,
+        });
+
+  let draining = false;
+  let inFlight = 0;
+  const idle: (() => void)[] = [];
+  const track = (res: ServerResponse): void => {
+    inFlight++;
+    res.once('close', () => {
+      inFlight--;
+      if (inFlight === 0) for (const wake of idle.splice(0)) wake();
+    });
+  };
+
+  /** Metrics and the one access-log line, when the exchange is over (finished or cut). */
+  const observe = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    requestId: string,
+    state: { decision: RequestDecision; outcome?: AuthOutcome; upstreamFailure?: UpstreamFailure },
+  ): void => {
+    const started = performance.now();
+    const done = metrics?.requestStarted();
+    res.once('close', () => {
+      done?.();
+      const seconds = (performance.now() - started) / 1000;
+      const status = res.headersSent ? res.statusCode : 0;
+      metrics?.request(state.decision, req.method ?? 'GET', status, seconds);
+      const context = state.outcome?.action === 'forward' ? state.outcome.context : undefined;
+      const line = {
+        requestId,
+        method: req.method,
+        path: requestPath(req.url),
+        status,
+        durationMs: Math.round(seconds * 100_000) / 100,
+        decision: state.decision,
+        userId: context?.user?.userId,
+        projectId: context?.user?.projectId,
+        reason: state.outcome?.action === 'respond' ? state.outcome.reason : context?.reason,
+        cache: state.outcome?.cache,
+        authMs:
+          state.outcome === undefined ? undefined : Math.round(state.outcome.authSeconds * 100_000) / 100,
+        upstreamError: state.upstreamFailure,
+        completed: res.writableFinished,
+      };
+      if (status >= 500 || !res.writableFinished) logger.warn(line, 'request');
+      else logger.info(line, 'request');
+    });
+  };
+
+  const respond = (req: IncomingMessage, res: ServerResponse, response: PreparedResponse): void => {
+    if (draining) res.setHeader('Connection', 'close');
+    sendPrepared(req, res, response);
+  };
+
+  const forward = (
+    req: IncomingMessage,
+    res: ServerResponse,
+    state: { decision: RequestDecision; upstreamFailure?: UpstreamFailure },
+  ): void => {
+    if (draining) res.setHeader('Connection', 'close');
+    forwarder?.web(req, res, (failure, status) => {
+      state.upstreamFailure = failure;
+      metrics?.upstreamError(failure);
+      respond(req, res, errorResponse(status, REASONS[status] ?? 'Error', UPSTREAM_MESSAGES[failure]));
+    });
+  };
+
+  const handle = (req: IncomingMessage, res: ServerResponse): void => {
+    track(res);
+    const requestId = requestIdOf(req.headers[REQUEST_ID_HEADER.toLowerCase()]);
+    res.setHeader(REQUEST_ID_HEADER, requestId);
+    const state: { decision: RequestDecision; outcome?: AuthOutcome; upstreamFailure?: UpstreamFailure } = {
+      decision: 'bad_request',
+    };
+    observe(req, res, requestId, state);
+    // Strip first, on every path, before anything can look at the request.
+    stripRequestIdentity(req);
+    req.headers[REQUEST_ID_HEADER.toLowerCase()] = requestId;
+    // Only origin-form targets: an absolute URL must never choose where the request goes.
+    if (!req.url?.startsWith('/')) {
+      respond(req, res, errorResponse(400, 'Bad Request', 'The request target must be a path.'));
+      return;
+    }
+    const path = requestPath(req.url);
+    if (isPublic(req.method ?? 'GET', path)) {
+      state.decision = 'public';
+      forward(req, res, state);
+      return;
+    }
+    authenticator
+      .authenticate(requestFacts(req, path))
+      .then((outcome) => {
+        state.outcome = outcome;
+        metrics?.authDecision(
+          outcome.action === 'respond' ? outcome.reason : (outcome.context.reason ?? 'confirmed'),
+        );
+        if (outcome.action === 'respond') {
+          state.decision = outcome.response.status === 503 ? 'unavailable' : 'rejected';
+          respond(req, res, outcome.response);
+          return;
+        }
+        state.decision = outcome.context.userStatus === 'Confirmed' ? 'confirmed' : 'delegated';
+        injectIdentity(req, outcome.headers);
+        forward(req, res, state);
+      })
+      .catch((error: unknown) => {
+        logger.error({ requestId, err: { message: (error as Error).message } }, 'request failed');
+        if (!res.headersSent)
+          respond(req, res, errorResponse(503, 'Service Unavailable', 'Authentication failed.'));
+        else res.destroy();
+      });
+  };
+
+  const handleUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    const requestId = requestIdOf(req.headers[REQUEST_ID_HEADER.toLowerCase()]);
+    stripRequestIdentity(req);
+    req.headers[REQUEST_ID_HEADER.toLowerCase()] = requestId;
+    socket.on('error', () => socket.destroy());
+    const reject = (response: PreparedResponse): void => {
+      socket.end(rawResponse(response, REASONS[response.status] ?? 'Error'));
+    };
+    if (draining || !req.url?.startsWith('/')) {
+      reject(errorResponse(400, 'Bad Request', 'The request target must be a path.'));
+      return;
+    }
+    if (req.headers.upgrade?.toLowerCase() !== 'websocket' || req.method !== 'GET') {
+      reject(errorResponse(400, 'Bad Request', 'Only WebSocket upgrades (GET) are forwarded.'));
+      return;
+    }
+    const path = requestPath(req.url);
+    const proceed = (): void => {
+      forwarder?.ws(req, socket, head, (failure) => {
+        metrics?.upstreamError(failure);
+        logger.warn({ requestId, path, upstreamError: failure }, 'websocket upgrade failed');
+      });
+    };
+    if (isPublic(req.method ?? 'GET', path)) {
+      proceed();
+      return;
+    }
+    authenticator.authenticate(requestFacts(req, path)).then(
+      (outcome) => {
+        logger.info(
+          {
+            requestId,
+            path,
+            upgrade: true,
+            status: outcome.action === 'respond' ? outcome.response.status : 101,
+            userId: outcome.action === 'forward' ? outcome.context.user?.userId : undefined,
+          },
+          'request',
+        );
+        if (outcome.action === 'respond') {
+          reject(outcome.response);
+          return;
+        }
+        injectIdentity(req, outcome.headers);
+        proceed();
+      },
+      () => reject(errorResponse(503, 'Service Unavailable', 'Authentication failed.')),
+    );
+  };
+
+  const serverOptions = {
+    maxHeaderSize: config.limits.max_header_bytes,
+    headersTimeout: config.limits.headers_timeout_seconds * 1000,
+    // Uploads of images may take long; a whole-request deadline would cut them. Idle sockets are closed instead.
+    requestTimeout: 0,
+  };
+
+  const forwardAuth = config.forward_auth.enabled
+    ? createForwardAuthHandler({ authenticator, path: config.forward_auth.path, logger, metrics })
+    : undefined;
+
+  let proxyServer: Server | undefined;
+  let url: string | undefined;
+  if (config.listen !== undefined && forwarder !== undefined) {
+    proxyServer = createServer(serverOptions, handle);
+    proxyServer.keepAliveTimeout = 5_000;
+    proxyServer.setTimeout(config.limits.idle_timeout_seconds * 1000, (socket: Socket) => socket.destroy());
+    proxyServer.on('upgrade', handleUpgrade);
+    proxyServer.on('clientError', answerClientError);
+    url = await listen(proxyServer, config.listen.host, config.listen.port);
+  }
+
+  const admin = createServer(serverOptions, (req, res) => {
+    const path = requestPath(req.url);
+    if (forwardAuth !== undefined && config.forward_auth.listen === undefined && forwardAuth.matches(path)) {
+      track(res);
+      forwardAuth.handle(req, res);
+      return;
+    }
+    const json = (status: number, body: unknown): void => {
+      const text = JSON.stringify(body);
+      res.writeHead(status, {
+        'Content-Type': 'application/json',
+        'Content-Length': Buffer.byteLength(text),
+      });
+      res.end(req.method === 'HEAD' ? undefined : text);
+    };
+    if (path === '/healthz') {
+      json(200, { status: 'ok' });
+    } else if (path === '/readyz') {
+      if (draining) {
+        json(503, { status: 'draining' });
+        return;
+      }
+      authenticator.ready().then(
+        (ready) => json(ready ? 200 : 503, { status: ready ? 'ready' : 'keystone unavailable' }),
+        () => json(503, { status: 'keystone unavailable' }),
+      );
+    } else if (path === '/metrics' && metrics !== undefined) {
+      metrics.scrape().then(
+        (text) => {
+          res.writeHead(200, { 'Content-Type': metrics.contentType });
+          res.end(text);
+        },
+        (error: unknown) => json(500, { error: (error as Error).message }),
+      );
+    } else {
+      json(404, { error: { code: 404, title: 'Not Found', message: 'No such admin endpoint.' } });
+    }
+  });
+  admin.on('clientError', answerClientError);
+  const adminUrl = await listen(admin, config.admin_listen.host, config.admin_listen.port);
+
+  let forwardAuthServer: Server | undefined;
+  let forwardAuthUrl: string | undefined;
+  if (forwardAuth !== undefined) {
+    if (config.forward_auth.listen === undefined) {
+      forwardAuthUrl = `${adminUrl}${config.forward_auth.path}`;
+    } else {
+      forwardAuthServer = createServer(serverOptions, (req, res) => {
+        track(res);
+        if (forwardAuth.matches(requestPath(req.url))) forwardAuth.handle(req, res);
+        else respond(req, res, errorResponse(404, 'Not Found', 'No such endpoint.'));
+      });
+      forwardAuthServer.on('clientError', answerClientError);
+      const base = await listen(
+        forwardAuthServer,
+        config.forward_auth.listen.host,
+        config.forward_auth.listen.port,
+      );
+      forwardAuthUrl = `${base}${config.forward_auth.path}`;
+    }
+  }
+
+  const closeServer = (server: Server | undefined): Promise<void> =>
+    server === undefined ? Promise.resolve() : new Promise((resolve) => server.close(() => resolve()));
+
+  return {
+    url,
+    adminUrl,
+    forwardAuthUrl,
+    authenticator,
+    inFlight: () => inFlight,
+    async shutdown(graceMs) {
+      draining = true;
+      const closing = [closeServer(proxyServer), closeServer(forwardAuthServer)];
+      proxyServer?.closeIdleConnections();
+      forwardAuthServer?.closeIdleConnections();
+      if (inFlight > 0) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, graceMs);
+          idle.push(() => {
+            clearTimeout(timer);
+            resolve();
+          });
+        });
+      }
+      const unfinished = inFlight;
+      proxyServer?.closeAllConnections();
+      forwardAuthServer?.closeAllConnections();
+      await Promise.all(closing);
+      admin.closeAllConnections();
+      await closeServer(admin);
+      forwarder?.close();
+      await authenticator.close();
+      return { unfinished };
+    },
+  };
+}

@@ -1,0 +1,475 @@
+/**
+ * The real CLI (dist/cli.js) as a child process with a YAML file, in front of an upstream, against the Keystone
+ * emulator: the paths a client can take through the sidecar, its admin endpoints, and its shutdown.
+ */
+import { readFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { UNAUTHORIZED_BODY } from '../../src/http/responses.js';
+import { type CliRun, cliBuilt, runCli, startCli, writeConfig } from '../helpers/cli.js';
+import { listen, type Running } from '../helpers/http.js';
+import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../helpers/keystone-emulator.js';
+import { createUpstream, type UpstreamStats } from '../helpers/upstream.js';
+
+const { users, projects, roles } = fixtures;
+
+function configYaml(keystoneUrl: string, upstreamUrl: string, extra = ''): string {
+  return `
+listen: { host: 127.0.0.1, port: 0 }
+upstream: { url: "${upstreamUrl}", response_timeout_seconds: 1, connect_timeout_seconds: 1 }
+admin_listen: { host: 127.0.0.1, port: 0 }
+keystone_authtoken:
+  www_authenticate_uri: "http://keystone.example:5000"
+  auth_url: "${keystoneUrl}"
+  auth_type: password
+  username: proxy
+  password: "\${TEST_PROXY_PASSWORD}"
+  user_domain_name: Default
+  project_name: service
+  project_domain_name: Default
+  service_type: echo
+  http_request_timeout_seconds: 1
+public_routes:
+  - { methods: [GET, HEAD], path: / }
+forward_auth: { enabled: true, path: /auth }
+log: { level: info }
+${extra}`;
+}
+
+const ENV = { TEST_PROXY_PASSWORD: users.proxy.password as string };
+
+function rssKb(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+}
+
+function raw(url: string, text: string): Promise<string> {
+  const { hostname, port } = new URL(url);
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), hostname, () => socket.write(text));
+    let data = '';
+    socket.on('data', (chunk) => {
+      data += chunk.toString();
+    });
+    socket.on('end', () => resolve(data));
+    socket.on('error', reject);
+    socket.setTimeout(5_000, () => socket.destroy(new Error('raw request timed out')));
+  });
+}
+
+/** A raw upgrade exchange: Node's client reports a refused upgrade as a hang-up, so speak HTTP by hand. */
+function upgrade(url: string, headers: Record<string, string>): Promise<{ status: number; echo?: string }> {
+  const { hostname, port } = new URL(url);
+  const head = Object.entries({ host: 'proxy', connection: 'Upgrade', upgrade: 'websocket', ...headers })
+    .map(([name, value]) => `${name}: ${value}\r\n`)
+    .join('');
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), hostname, () => socket.write(`GET /ws HTTP/1.1\r\n${head}\r\n`));
+    let data = '';
+    socket.on('data', (chunk: Buffer) => {
+      data += chunk.toString();
+      const end = data.indexOf('\r\n\r\n');
+      if (end === -1) return;
+      const status = Number(data.slice(9, 12));
+      if (status !== 101) {
+        socket.destroy();
+        resolve({ status });
+        return;
+      }
+      const rest = data.slice(end + 4);
+      if (rest.length === 0 && !data.includes('ping')) {
+        if (!socket.writableEnded) socket.write('ping');
+        data = `${data.slice(0, end + 4)}`;
+        return;
+      }
+      socket.destroy();
+      resolve({ status, echo: rest });
+    });
+    socket.on('error', reject);
+    socket.setTimeout(5_000, () => socket.destroy(new Error('upgrade timed out')));
+  });
+}
+
+describe.skipIf(!cliBuilt())('sidecar end to end (real CLI)', () => {
+  let keystone: KeystoneEmulator;
+  let upstream: Running;
+  const stats: UpstreamStats = { upgrades: 0, lastUpgradeHeaders: undefined };
+  let proxy: CliRun;
+  let token: string;
+
+  beforeAll(async () => {
+    keystone = await startKeystoneEmulator();
+    upstream = await listen(createUpstream(stats));
+    proxy = await startCli(['--config', writeConfig(configYaml(keystone.url, upstream.url))], ENV);
+    token = keystone.issueToken({
+      user: users.demo,
+      scope: { project: projects.demo },
+      roles: [roles.member, roles.reader],
+    });
+  });
+  afterAll(async () => {
+    await proxy?.stop();
+    await upstream?.close();
+    await keystone?.close();
+  });
+
+  it('no token: keystonemiddleware 401, upstream not reached', async () => {
+    const res = await fetch(`${proxy.url}/v1/things`);
+    expect(res.status).toBe(401);
+    expect(res.headers.get('www-authenticate')).toBe('Keystone uri="http://keystone.example:5000"');
+    expect(res.headers.get('content-type')).toBe('application/json');
+    expect(await res.text()).toBe(UNAUTHORIZED_BODY);
+  });
+
+  it('valid token: 200 with exactly the identity headers, spoofed ones gone', async () => {
+    const res = await fetch(`${proxy.url}/v1/things?x=1`, {
+      headers: {
+        'x-auth-token': token,
+        'x-roles': 'admin',
+        'x-user-id': 'evil',
+        'openstack-system-scope': 'all',
+        'x-custom': 'kept',
+      },
+    });
+    expect(res.status).toBe(200);
+    const seen = (await res.json()) as { url: string; headers: Record<string, string> };
+    expect(seen.url).toBe('/v1/things?x=1');
+    const identity = Object.fromEntries(
+      Object.entries(seen.headers).filter(([name]) =>
+        /^(x-(identity|roles?|user|project|tenant|domain|is-admin|service)|openstack-system)/.test(name),
+      ),
+    );
+    expect(identity).toEqual({
+      'x-identity-status': 'Confirmed',
+      'x-roles': 'member,reader',
+      'x-role': 'member,reader',
+      'x-project-id': projects.demo.id,
+      'x-project-name': 'demo',
+      'x-project-domain-id': 'default',
+      'x-project-domain-name': 'Default',
+      'x-tenant-id': projects.demo.id,
+      'x-tenant-name': 'demo',
+      'x-tenant': 'demo',
+      'x-user-id': users.demo.id,
+      'x-user-name': 'demo',
+      'x-user': 'demo',
+      'x-user-domain-id': 'default',
+      'x-user-domain-name': 'Default',
+      'x-is-admin-project': 'True',
+      'x-service-catalog': expect.stringContaining('"type": "identity"'),
+    });
+    expect(seen.headers['x-custom']).toBe('kept');
+    expect(seen.headers['x-auth-token']).toBe(token);
+    expect(seen.headers['x-forwarded-for']).toBe('127.0.0.1');
+    expect(seen.headers['x-forwarded-proto']).toBe('http');
+  });
+
+  it('public route: no token needed, client identity headers still stripped', async () => {
+    const res = await fetch(`${proxy.url}/`, {
+      headers: { 'x-roles': 'admin', x_identity_status: 'Confirmed' },
+    });
+    expect(res.status).toBe(200);
+    const seen = (await res.json()) as { headers: Record<string, string> };
+    expect(seen.headers['x-roles']).toBeUndefined();
+    expect(seen.headers.x_identity_status).toBeUndefined();
+    expect(seen.headers['x-identity-status']).toBeUndefined();
+    expect((await fetch(`${proxy.url}/other`)).status).toBe(401);
+    expect((await fetch(`${proxy.url}/`, { method: 'POST' })).status).toBe(401);
+  });
+
+  it('an upstream 401 gets WWW-Authenticate; hop-by-hop response headers are dropped', async () => {
+    const res = await fetch(`${proxy.url}/status/401`, { headers: { 'x-auth-token': token } });
+    expect(res.status).toBe(401);
+    expect(res.headers.get('www-authenticate')).toBe('Keystone uri="http://keystone.example:5000"');
+    const hop = await fetch(`${proxy.url}/hop`, { headers: { 'x-auth-token': token } });
+    expect(await hop.text()).toBe('hop');
+    expect(hop.headers.get('x-secret-hop')).toBeNull();
+  });
+
+  it('request id: a well-formed client id round-trips, anything else is replaced', async () => {
+    const id = 'req-0a1b2c3d-4e5f-6789-abcd-ef0123456789';
+    const res = await fetch(`${proxy.url}/v1`, {
+      headers: { 'x-auth-token': token, 'x-openstack-request-id': id },
+    });
+    expect(res.headers.get('x-openstack-request-id')).toBe(id);
+    expect(
+      ((await res.json()) as { headers: Record<string, string> }).headers['x-openstack-request-id'],
+    ).toBe(id);
+    const other = await fetch(`${proxy.url}/v1`, {
+      headers: { 'x-auth-token': token, 'x-openstack-request-id': 'evil\u0041' },
+    });
+    expect(other.headers.get('x-openstack-request-id')).toMatch(/^req-[0-9a-f-]{36}$/);
+    const unauthorized = await fetch(`${proxy.url}/v1`);
+    expect(unauthorized.headers.get('x-openstack-request-id')).toMatch(/^req-[0-9a-f-]{36}$/);
+    // the id is in the access log line of the request
+    await new Promise((r) => setTimeout(r, 50));
+    expect(proxy.logs.some((line) => line.requestId === id && line.msg === 'request')).toBe(true);
+  });
+
+  it('absolute-form request target is refused (never an open proxy)', async () => {
+    const answer = await raw(
+      proxy.url,
+      'GET http://evil.example/x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n',
+    );
+    expect(answer).toMatch(/^HTTP\/1\.1 400/);
+    expect(answer).toContain('"code": 400');
+  });
+
+  it('an oversized request head gets 431 JSON', async () => {
+    const big = 'a'.repeat(20_000);
+    const answer = await raw(proxy.url, `GET / HTTP/1.1\r\nHost: x\r\nX-Big: ${big}\r\n\r\n`);
+    expect(answer).toMatch(/^HTTP\/1\.1 431/);
+    expect(answer).toContain('"code": 431');
+  });
+
+  it('streams 100 MB up and 100 MB down without the proxy buffering them', async () => {
+    const pid = proxy.child.pid as number;
+    const transfer = async (mb: number): Promise<void> => {
+      const chunk = Buffer.alloc(1024 * 1024, 1);
+      const body = new ReadableStream({
+        start(controller) {
+          for (let i = 0; i < mb; i++) controller.enqueue(chunk);
+          controller.close();
+        },
+      });
+      const up = await fetch(`${proxy.url}/sink`, {
+        method: 'POST',
+        headers: { 'x-auth-token': token },
+        body,
+        duplex: 'half',
+      } as RequestInit);
+      expect(await up.json()).toEqual({ bytes: mb * 1024 * 1024 });
+      const down = await fetch(`${proxy.url}/blob?mb=${mb}`, { headers: { 'x-auth-token': token } });
+      let received = 0;
+      for await (const piece of down.body as unknown as AsyncIterable<Uint8Array>) received += piece.length;
+      expect(received).toBe(mb * 1024 * 1024);
+    };
+    // A first transfer lets the process reach its working size (buffer pools, young generation).
+    await transfer(20);
+    const before = rssKb(pid);
+    await transfer(100);
+    const grownMb = (rssKb(pid) - before) / 1024;
+    expect(grownMb).toBeLessThan(10);
+  });
+
+  it('WebSocket upgrade: authenticated like any request', async () => {
+    const refused = await upgrade(proxy.url, {});
+    expect(refused.status).toBe(401);
+    expect(stats.upgrades).toBe(0);
+    const accepted = await upgrade(proxy.url, { 'x-auth-token': token, 'x-roles': 'admin' });
+    expect(accepted).toEqual({ status: 101, echo: 'ping' });
+    expect(stats.upgrades).toBe(1);
+    expect(stats.lastUpgradeHeaders?.['x-roles']).toBe('member,reader');
+    expect(stats.lastUpgradeHeaders?.['x-identity-status']).toBe('Confirmed');
+  });
+
+  it('upstream too slow: 504 JSON', async () => {
+    const res = await fetch(`${proxy.url}/slow?ms=3000`, { headers: { 'x-auth-token': token } });
+    expect(res.status).toBe(504);
+    expect(((await res.json()) as { error: { code: number } }).error.code).toBe(504);
+  });
+
+  it('forward-auth: 200 with identity headers, 401 without, access rules on the original request', async () => {
+    const url = proxy.forwardAuthUrl as string;
+    const ok = await fetch(url, {
+      headers: { 'x-auth-token': token, 'x-original-uri': '/v1/x', 'x-original-method': 'GET' },
+    });
+    expect(ok.status).toBe(200);
+    expect(ok.headers.get('x-user-id')).toBe(users.demo.id);
+    expect(ok.headers.get('x-roles')).toBe('member,reader');
+    const denied = await fetch(url);
+    expect(denied.status).toBe(401);
+    expect(denied.headers.get('www-authenticate')).toBe('Keystone uri="http://keystone.example:5000"');
+    const ruled = keystone.issueToken({
+      user: users.demo,
+      scope: { project: projects.demo },
+      appCred: {
+        id: 'ac-fa',
+        name: 'ac-fa',
+        accessRules: [{ service: 'echo', method: 'GET', path: '/allowed/**' }],
+      },
+    });
+    const allowed = await fetch(url, {
+      headers: { 'x-auth-token': ruled, 'x-forwarded-uri': '/allowed/1', 'x-forwarded-method': 'GET' },
+    });
+    expect(allowed.status).toBe(200);
+    const other = await fetch(url, {
+      headers: { 'x-auth-token': ruled, 'x-forwarded-uri': '/secret', 'x-forwarded-method': 'GET' },
+    });
+    expect(other.status).toBe(401);
+    // Envoy ext_authz style: the original path follows the endpoint path
+    const envoy = await fetch(`${url}/allowed/2`, { headers: { 'x-auth-token': ruled } });
+    expect(envoy.status).toBe(200);
+  });
+
+  it('metrics: Prometheus text with the request, cache and Keystone series', async () => {
+    const res = await fetch(`${proxy.adminUrl}/metrics`);
+    expect(res.status).toBe(200);
+    const text = await res.text();
+    const sample = (name: string): number => {
+      const line = text.split('\n').find((l) => l.startsWith(name));
+      return line === undefined ? Number.NaN : Number(line.slice(line.lastIndexOf(' ') + 1));
+    };
+    expect(
+      sample('keystone_auth_proxy_http_requests_total{decision="rejected",method="GET",code_class="4xx"}'),
+    ).toBeGreaterThanOrEqual(1);
+    expect(
+      sample('keystone_auth_proxy_http_requests_total{decision="confirmed",method="GET",code_class="2xx"}'),
+    ).toBeGreaterThanOrEqual(3);
+    expect(
+      sample('keystone_auth_proxy_http_requests_total{decision="public",method="GET",code_class="2xx"}'),
+    ).toBeGreaterThanOrEqual(1);
+    expect(sample('keystone_auth_proxy_token_cache_requests_total{result="hit"}')).toBeGreaterThanOrEqual(3);
+    expect(
+      sample('keystone_auth_proxy_keystone_requests_total{operation="validate",outcome="ok"}'),
+    ).toBeGreaterThanOrEqual(1);
+    expect(sample('keystone_auth_proxy_upstream_errors_total{reason="response_timeout"}')).toBe(1);
+    expect(sample('keystone_auth_proxy_token_cache_entries')).toBeGreaterThanOrEqual(1);
+    expect(text).toContain('keystone_auth_proxy_build_info{version="0.1.0"');
+    expect(text).toContain('process_resident_memory_bytes');
+    expect(text).not.toContain(token);
+    expect(text).not.toContain(users.demo.id);
+  });
+
+  it('health and readiness; readiness follows Keystone', async () => {
+    expect((await fetch(`${proxy.adminUrl}/healthz`)).status).toBe(200);
+    expect((await fetch(`${proxy.adminUrl}/readyz`)).status).toBe(200);
+    await keystone.stop();
+    try {
+      expect((await fetch(`${proxy.adminUrl}/readyz`)).status).toBe(503);
+      expect((await fetch(`${proxy.adminUrl}/healthz`)).status).toBe(200);
+    } finally {
+      await keystone.start();
+    }
+    expect((await fetch(`${proxy.adminUrl}/readyz`)).status).toBe(200);
+  });
+
+  it('no log line carries a token or the service password', () => {
+    const all = JSON.stringify(proxy.logs);
+    expect(proxy.logs.length).toBeGreaterThan(5);
+    expect(all).not.toContain(token);
+    expect(all).not.toContain(users.proxy.password);
+  });
+});
+
+describe.skipIf(!cliBuilt())('upstream down', () => {
+  it('refused: 502 JSON', async () => {
+    const keystone = await startKeystoneEmulator();
+    const closed = await listen(createUpstream({ upgrades: 0, lastUpgradeHeaders: undefined }));
+    const deadUrl = closed.url;
+    await closed.close();
+    const proxy = await startCli(['--config', writeConfig(configYaml(keystone.url, deadUrl))], ENV);
+    try {
+      const token = keystone.issueToken({ user: users.demo, scope: { project: projects.demo } });
+      const res = await fetch(`${proxy.url}/v1`, { headers: { 'x-auth-token': token } });
+      expect(res.status).toBe(502);
+      expect(((await res.json()) as { error: { code: number } }).error.code).toBe(502);
+    } finally {
+      await proxy.stop();
+      await keystone.close();
+    }
+  });
+});
+
+describe.skipIf(!cliBuilt())('graceful shutdown', () => {
+  it('SIGTERM with requests in flight: every one completes, then exit 0', async () => {
+    const keystone = await startKeystoneEmulator();
+    const upstream = await listen(createUpstream({ upgrades: 0, lastUpgradeHeaders: undefined }));
+    const proxy = await startCli(
+      [
+        '--config',
+        writeConfig(
+          configYaml(keystone.url, upstream.url).replace(
+            'response_timeout_seconds: 1',
+            'response_timeout_seconds: 10',
+          ),
+        ),
+      ],
+      ENV,
+    );
+    try {
+      const token = keystone.issueToken({ user: users.demo, scope: { project: projects.demo } });
+      await fetch(`${proxy.url}/v1`, { headers: { 'x-auth-token': token } });
+      const inflight = Array.from({ length: 20 }, () =>
+        fetch(`${proxy.url}/slow?ms=1500`, { headers: { 'x-auth-token': token } }).then((r) => r.status),
+      );
+      await new Promise((r) => setTimeout(r, 400));
+      const exited = proxy.stop('SIGTERM');
+      const statuses = await Promise.all(inflight);
+      expect(statuses).toEqual(Array(20).fill(200));
+      expect(await exited).toBe(0);
+      await expect(fetch(`${proxy.url}/v1`)).rejects.toThrow();
+      expect(proxy.logs.some((l) => l.msg === 'stopped' && l.unfinished === 0)).toBe(true);
+    } finally {
+      await proxy.stop('SIGKILL');
+      await upstream.close();
+      await keystone.close();
+    }
+  });
+});
+
+describe.skipIf(!cliBuilt())('command line', () => {
+  it('--version and --help', async () => {
+    expect((await runCli(['--version'])).stdout.trim()).toBe('0.1.0');
+    const help = await runCli(['--help']);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain('--check-config');
+  });
+
+  it('unknown argument: exit 2', async () => {
+    const result = await runCli(['--bogus']);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('--bogus');
+  });
+
+  it('--check-config accepts a good file', async () => {
+    const file = writeConfig(configYaml('http://127.0.0.1:1', 'http://127.0.0.1:2'));
+    const result = await runCli(['--check-config', '--config', file], ENV);
+    expect(result).toMatchObject({ code: 0 });
+    expect(result.stdout).toContain('configuration OK');
+  });
+
+  it('a bad file: exit 2 and every problem listed with its path', async () => {
+    const file = writeConfig(`
+listen: { host: 127.0.0.1, port: 99999 }
+upstream: { url: "ftp://nope", response_timeout_seconds: -1 }
+keystone_authtoken:
+  auth_url: "http://k:5000"
+  username: nova
+  password: "\${UNSET_VARIABLE_FOR_TEST}"
+  user_domain_name: Default
+  token_cache_time: soon
+  delay_auth_decisions: true
+public_routes:
+  - { path: "no-slash" }
+logs: { level: info }
+`);
+    const result = await runCli(['--config', file], {});
+    expect(result.code).toBe(2);
+    for (const path of [
+      'listen.port',
+      'upstream.url',
+      'upstream.response_timeout_seconds',
+      'keystone_authtoken.password',
+      'keystone_authtoken.token_cache_time',
+      'keystone_authtoken.delay_auth_decisions',
+      'public_routes.0.path',
+      'logs',
+    ]) {
+      expect(result.stderr, path).toContain(path);
+    }
+    expect(result.stderr).toContain('UNSET_VARIABLE_FOR_TEST is not set');
+  });
+
+  it('YAML syntax error: exit 2 with the line', async () => {
+    const result = await runCli(['--config', writeConfig('listen: { host: [\n')]);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toMatch(/line \d+/);
+  });
+
+  it('missing file: exit 2', async () => {
+    const result = await runCli(['--config', '/nonexistent/kap.yaml']);
+    expect(result.code).toBe(2);
+    expect(result.stderr).toContain('/nonexistent/kap.yaml');
+  });
+});

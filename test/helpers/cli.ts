@@ -1,0 +1,104 @@
+/** Runs the real CLI (dist/cli.js) as a child process with a YAML config, and reads its JSON log lines. */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+export const CLI = join(ROOT, 'dist', 'cli.js');
+
+export function cliBuilt(): boolean {
+  return existsSync(CLI);
+}
+
+export interface CliRun {
+  readonly child: ChildProcess;
+  readonly logs: Record<string, unknown>[];
+  readonly stderr: () => string;
+  /** Resolves with the exit code. */
+  readonly exited: Promise<number | null>;
+  url: string;
+  adminUrl: string;
+  forwardAuthUrl: string | undefined;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+export function writeConfig(yaml: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'kap-'));
+  const file = join(dir, 'config.yaml');
+  writeFileSync(file, yaml);
+  return file;
+}
+
+/** Starts the CLI and waits for its "started" log line (or its exit). */
+export function startCli(args: string[], env: Record<string, string> = {}): Promise<CliRun> {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: Record<string, unknown>[] = [];
+  let errText = '';
+  let buffered = '';
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return new Promise((resolve, reject) => {
+    const run: CliRun = {
+      child,
+      logs,
+      stderr: () => errText,
+      exited,
+      url: '',
+      adminUrl: '',
+      forwardAuthUrl: undefined,
+      async stop(signal = 'SIGTERM') {
+        if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+        return exited;
+      },
+    };
+    child.stderr?.on('data', (chunk: Buffer) => {
+      errText += chunk.toString();
+    });
+    child.stdout?.on('data', (chunk: Buffer) => {
+      buffered += chunk.toString();
+      let newline = buffered.indexOf('\n');
+      while (newline !== -1) {
+        const line = buffered.slice(0, newline);
+        buffered = buffered.slice(newline + 1);
+        newline = buffered.indexOf('\n');
+        try {
+          const record = JSON.parse(line) as Record<string, unknown>;
+          logs.push(record);
+          if (record.msg === 'keystone-auth-proxy started') {
+            run.url = String(record.listen ?? '');
+            run.adminUrl = String(record.admin);
+            run.forwardAuthUrl = record.forwardAuth === undefined ? undefined : String(record.forwardAuth);
+            resolve(run);
+          }
+        } catch {
+          // a non-JSON line (pretty format or a banner) is kept out of the records
+        }
+      }
+    });
+    exited.then((code) => reject(new Error(`CLI exited with ${code} before starting: ${errText}`)), reject);
+  });
+}
+
+/** Runs the CLI to completion (for --help, --check-config, bad configs). */
+export function runCli(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: { ...process.env, ...env } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => {
+      stdout += c.toString();
+    });
+    child.stderr.on('data', (c: Buffer) => {
+      stderr += c.toString();
+    });
+    child.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}

@@ -86,7 +86,7 @@ export const proxyConfigSchema = z
       .describe('Routes served without a token (identity headers are still stripped).'),
     forward_auth: z
       .object({
-        enabled: bool.default(false),
+        enabled: bool.default(false).describe('Serve the forward-auth endpoint.'),
         path: z.string().startsWith('/').default('/auth').describe('Path of the forward-auth endpoint.'),
         listen: listenSchema.optional().describe('A listener of its own; default: the admin listener.'),
       })
@@ -95,18 +95,25 @@ export const proxyConfigSchema = z
       .describe('nginx auth_request / Envoy ext_authz / Traefik ForwardAuth endpoint.'),
     log: z
       .object({
-        level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
-        format: z.enum(['json', 'pretty']).default('json'),
+        level: z
+          .enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'])
+          .default('info')
+          .describe('Least severe level written.'),
+        format: z
+          .enum(['json', 'pretty'])
+          .default('json')
+          .describe('json: one JSON object per line; pretty: for a terminal.'),
       })
       .strict()
       .default({ level: 'info', format: 'json' }),
     metrics: z
       .object({
-        enabled: bool.default(true),
+        enabled: bool.default(true).describe('Serve /metrics on the admin listener.'),
         prefix: z
           .string()
           .regex(/^[a-zA-Z_][a-zA-Z0-9_]*$/, { message: 'must be a Prometheus name prefix' })
-          .default('keystone_auth_proxy'),
+          .default('keystone_auth_proxy')
+          .describe('Prefix of every metric name of this proxy.'),
       })
       .strict()
       .default({ enabled: true, prefix: 'keystone_auth_proxy' }),
@@ -237,4 +244,57 @@ export function loadProxyConfig(file: string, env: Env = process.env): ProxyConf
     );
   }
   return resolveProxyConfig(document.toJS(), env, file);
+}
+
+export interface ConfigDoc {
+  readonly path: string;
+  readonly default: string;
+  readonly description: string;
+}
+
+/** One row per leaf key of the file (the keystone_authtoken section has its own table), for the README. */
+export function describeProxyConfig(): ConfigDoc[] {
+  const rows: ConfigDoc[] = [];
+  const walk = (schema: z.ZodType, path: string, inherited: string, fallback: unknown): void => {
+    let inner: z.ZodType = schema;
+    let description = schema.description ?? inherited;
+    let dflt = fallback;
+    // Unwrap optional/default/pipe layers to reach the object or leaf, keeping the outermost description.
+    for (let depth = 0; depth < 6; depth++) {
+      const def = (
+        inner as unknown as {
+          def: {
+            type: string;
+            innerType?: z.ZodType;
+            defaultValue?: unknown;
+            in?: z.ZodType;
+            element?: z.ZodType;
+          };
+        }
+      ).def;
+      if (def.type === 'default') {
+        dflt ??=
+          typeof def.defaultValue === 'function' ? (def.defaultValue as () => unknown)() : def.defaultValue;
+        inner = def.innerType as z.ZodType;
+      } else if (def.type === 'optional' || def.type === 'nullable') inner = def.innerType as z.ZodType;
+      else break;
+      description ||= inner.description ?? '';
+    }
+    if (inner instanceof z.ZodObject && path !== 'keystone_authtoken') {
+      for (const [key, child] of Object.entries(inner.shape)) {
+        const childDefault =
+          dflt !== undefined && typeof dflt === 'object' ? (dflt as Record<string, unknown>)[key] : undefined;
+        walk(child as z.ZodType, path ? `${path}.${key}` : key, '', childDefault);
+      }
+      return;
+    }
+    if (inner instanceof z.ZodArray && path === 'public_routes') {
+      rows.push({ path, default: JSON.stringify(dflt ?? []), description });
+      walk(inner.element as z.ZodType, `${path}[]`, '', undefined);
+      return;
+    }
+    rows.push({ path, default: dflt === undefined ? '' : JSON.stringify(dflt), description });
+  };
+  walk(proxyConfigSchema, '', '', undefined);
+  return rows;
 }

@@ -106,3 +106,19 @@ describe('proxy configuration', () => {
     }
   });
 });
+
+describe('README', () => {
+  it('documents every key of the file with its default', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { describeProxyConfig } = await import('../../../src/config/proxy-config.js');
+    const readme = readFileSync(new URL('../../../README.md', import.meta.url), 'utf8');
+    const rows = describeProxyConfig();
+    expect(rows.length).toBeGreaterThan(15);
+    for (const { path, default: value } of rows) {
+      const escaped = path.replace(/[.[\]]/g, '\\$&');
+      const row = readme.split('\n').find((line) => new RegExp(`^\\|\\s*\`${escaped}\`\\s*\\|`).test(line));
+      expect(row, path).toBeDefined();
+      if (value !== '') expect(row, path).toContain(`\`${value}\``);
+    }
+  });
+});

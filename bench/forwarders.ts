@@ -4,17 +4,21 @@
  * for each, and the ratio httpxy / http-proxy. Run: `npx tsx bench/forwarders.ts` (needs wrk: apt-get install wrk).
  */
 import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { Agent, createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { promisify } from 'node:util';
 import httpProxy from 'http-proxy';
 import { createProxyServer } from 'httpxy';
 
-const BODY = JSON.stringify({ servers: Array.from({ length: 8 }, (_, i) => ({ id: `server-${i}`, status: 'ACTIVE' })) });
+const BODY = JSON.stringify({
+  servers: Array.from({ length: 8 }, (_, i) => ({ id: `server-${i}`, status: 'ACTIVE' })),
+});
 
 function start(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<number> {
   const server = createServer(handler);
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port)));
+  return new Promise((resolve) =>
+    server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port)),
+  );
 }
 
 // Asynchronous on purpose: the servers under test live in this process and must keep running meanwhile.
@@ -48,7 +52,9 @@ const results: Record<string, { rps: number; p50: string; p99: string }[]> = {};
 for (let round = 0; round < 2; round++) {
   for (const [name, port] of Object.entries(ports)) {
     await wrk(port, 1);
-    (results[name] ??= []).push(await wrk(port, seconds));
+    const runs = results[name] ?? [];
+    runs.push(await wrk(port, seconds));
+    results[name] = runs;
   }
 }
 console.log('| target | req/s (best of 2) | p50 | p99 |');
@@ -59,5 +65,7 @@ for (const [name, runs] of Object.entries(results)) {
   best[name] = top.rps;
   console.log(`| ${name} | ${Math.round(top.rps)} | ${top.p50} | ${top.p99} |`);
 }
-console.log(`\nhttpxy / http-proxy throughput: ${((best.httpxy ?? 0) / (best['http-proxy'] ?? 1)).toFixed(2)}`);
+console.log(
+  `\nhttpxy / http-proxy throughput: ${((best.httpxy ?? 0) / (best['http-proxy'] ?? 1)).toFixed(2)}`,
+);
 process.exit(0);

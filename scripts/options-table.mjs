@@ -7,11 +7,13 @@ const which = process.argv[2] ?? 'all';
 if (which === 'all' || which === 'file') {
   console.log('| key | default | meaning |');
   console.log('|---|---|---|');
-  for (const row of describeProxyConfig()) console.log(`| \`${row.path}\` | ${code(row.default)} | ${row.description} |`);
+  for (const row of describeProxyConfig())
+    console.log(`| \`${row.path}\` | ${code(row.default)} | ${row.description} |`);
   console.log();
 }
 if (which === 'all' || which === 'keystone_authtoken') {
   console.log('| option | default | meaning |');
   console.log('|---|---|---|');
-  for (const row of describeAuthOptions()) console.log(`| \`${row.name}\` | ${code(row.default)} | ${row.description} |`);
+  for (const row of describeAuthOptions())
+    console.log(`| \`${row.name}\` | ${code(row.default)} | ${row.description} |`);
 }

@@ -53,10 +53,12 @@ export const proxyConfigSchema = z
         url: httpUrl.describe('The service behind the proxy, e.g. http://127.0.0.1:18774.'),
         connect_timeout_seconds: positiveSeconds
           .default(5)
-          .describe('Time to connect to the upstream: 502 after.'),
+          .describe('Time to connect to the upstream: 504 after.'),
         response_timeout_seconds: positiveSeconds
           .default(120)
-          .describe('Time for the upstream to send response headers: 504 after.'),
+          .describe(
+            'Time for the upstream to send its response head once the request body is sent: 504 after.',
+          ),
         insecure: bool.default(false).describe('Do not verify an https upstream certificate.'),
       })
       .strict()

@@ -84,12 +84,16 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
 
   proxy.on('proxyReq', (proxyReq, req) => {
     const tracked = req as unknown as Tracked;
-    // Connect and first-byte deadlines; the body itself may stream for as long as it needs (image uploads).
-    const response = setTimeout(() => {
-      tracked[kTimedOut] = 'response_timeout';
-      proxyReq.destroy();
-    }, options.responseTimeoutMs);
-    response.unref();
+    // Connect and response-head deadlines. The response deadline starts once the request body has been sent, so
+    // an upload (a Glance image) may stream for as long as it needs; so may the response body.
+    let response: NodeJS.Timeout | undefined;
+    proxyReq.once('finish', () => {
+      response = setTimeout(() => {
+        tracked[kTimedOut] = 'response_timeout';
+        proxyReq.destroy();
+      }, options.responseTimeoutMs);
+      response.unref();
+    });
     proxyReq.once('response', () => clearTimeout(response));
     proxyReq.once('close', () => clearTimeout(response));
     const socket = proxyReq.socket;

@@ -180,6 +180,11 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
     state: { decision: RequestDecision; upstreamFailure?: UpstreamFailure },
   ): void => {
     if (draining) res.setHeader('Connection', 'close');
+    if (req.headers.expect !== undefined && /100-continue/i.test(String(req.headers.expect))) {
+      // Invite the body only now that the request is allowed; the upstream gets it without waiting.
+      delete req.headers.expect;
+      res.writeContinue();
+    }
     forwarder?.web(req, res, (failure, status) => {
       state.upstreamFailure = failure;
       metrics?.upstreamError(failure);
@@ -301,6 +306,8 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
     proxyServer.keepAliveTimeout = 5_000;
     proxyServer.setTimeout(config.limits.idle_timeout_seconds * 1000, (socket: Socket) => socket.destroy());
     proxyServer.on('upgrade', handleUpgrade);
+    // Node would answer `Expect: 100-continue` before authentication and invite a rejected upload: decide first.
+    proxyServer.on('checkContinue', handle);
     proxyServer.on('clientError', answerClientError);
     url = await listen(proxyServer, config.listen.host, config.listen.port);
   }

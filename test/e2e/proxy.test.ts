@@ -263,6 +263,54 @@ describe.skipIf(!cliBuilt())('sidecar end to end (real CLI)', () => {
     expect(stats.lastUpgradeHeaders?.['x-identity-status']).toBe('Confirmed');
   });
 
+  it('an upload slower than the response timeout still succeeds (the deadline starts after the body)', async () => {
+    const chunk = Buffer.alloc(64 * 1024, 2);
+    let sent = 0;
+    const body = new ReadableStream({
+      async pull(controller) {
+        if (sent === 8) {
+          controller.close();
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 200));
+        sent++;
+        controller.enqueue(chunk);
+      },
+    });
+    const res = await fetch(`${proxy.url}/sink`, {
+      method: 'POST',
+      headers: { 'x-auth-token': token },
+      body,
+      duplex: 'half',
+    } as RequestInit);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ bytes: 8 * 64 * 1024 });
+  });
+
+  it('Expect: 100-continue is answered only after authentication', async () => {
+    const head = (auth: string) =>
+      `POST /sink HTTP/1.1\r\nHost: p\r\nContent-Length: 4\r\nExpect: 100-continue\r\n${auth}Connection: close\r\n\r\n`;
+    const refused = await raw(proxy.url, head(''));
+    expect(refused).toMatch(/^HTTP\/1\.1 401/);
+    expect(refused).not.toContain('100 Continue');
+    const { hostname, port } = new URL(proxy.url);
+    const accepted = await new Promise<string>((resolve, reject) => {
+      const socket = connect(Number(port), hostname, () => socket.write(head(`X-Auth-Token: ${token}\r\n`)));
+      let data = '';
+      socket.on('data', (chunk: Buffer) => {
+        data += chunk.toString();
+        if (data.startsWith('HTTP/1.1 100') && !data.includes('sent')) {
+          data += '(sent)';
+          socket.write('body');
+        }
+      });
+      socket.on('end', () => resolve(data));
+      socket.on('error', reject);
+    });
+    expect(accepted).toMatch(/^HTTP\/1\.1 100 Continue/);
+    expect(accepted).toContain('{"bytes":4}');
+  });
+
   it('upstream too slow: 504 JSON', async () => {
     const res = await fetch(`${proxy.url}/slow?ms=3000`, { headers: { 'x-auth-token': token } });
     expect(res.status).toBe(504);

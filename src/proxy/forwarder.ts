@@ -20,7 +20,10 @@ export interface ForwarderOptions {
 }
 
 export interface Forwarder {
-  /** Forwards an HTTP request; `onFailure` is called at most once, before anything was sent to the client. */
+  /**
+   * Forwards an HTTP request whose hop-by-hop headers are already gone (see `removeHopByHop`: the caller removes
+   * them before it injects identity headers); `onFailure` is called at most once.
+   */
   web(
     req: IncomingMessage,
     res: ServerResponse,
@@ -43,7 +46,11 @@ const HOP_BY_HOP = [
   'upgrade',
 ];
 
-/** Removes hop-by-hop headers, including every name the Connection header lists. */
+/**
+ * Removes hop-by-hop headers, including every name the Connection header lists. On a request this must run before
+ * identity headers are injected: a client's `Connection: X-Service-Identity-Status` would otherwise remove the
+ * proxy's own verdict on the way out.
+ */
 export function removeHopByHop(headers: Record<string, unknown>, keepUpgrade = false): void {
   const connection = headers.connection;
   const listed =
@@ -108,8 +115,10 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
     }
   });
 
-  proxy.on('proxyRes', (proxyRes) => {
+  proxy.on('proxyRes', (proxyRes, _req, res) => {
     removeHopByHop(proxyRes.headers as Record<string, unknown>);
+    // The client connection's own fate (a client's `Connection: close` is honoured), not the upstream's.
+    proxyRes.headers.connection = (res as ServerResponse).shouldKeepAlive ? 'keep-alive' : 'close';
     if (proxyRes.statusCode === 401) {
       const existing = proxyRes.headers['www-authenticate'];
       const values = existing === undefined ? [] : Array.isArray(existing) ? existing : [existing];
@@ -119,7 +128,6 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
 
   return {
     web(req, res, onFailure) {
-      removeHopByHop(req.headers as Record<string, unknown>);
       let reported = false;
       proxy.web(req, res, {}, undefined).catch((error: unknown) => {
         if (reported) return;
@@ -134,7 +142,6 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
       });
     },
     ws(req, socket, head, onFailure) {
-      removeHopByHop(req.headers as Record<string, unknown>, true);
       proxy.ws(req, socket as never, {}, head).catch((error: unknown) => {
         onFailure(failureOf(error, (req as unknown as Tracked)[kTimedOut]));
         socket.destroy();

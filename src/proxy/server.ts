@@ -25,7 +25,7 @@ import { REQUEST_ID_HEADER } from '../identity/headers.js';
 import type { ProxyMetrics, RequestDecision } from '../observability/metrics.js';
 import type { Logger } from '../observability/observer.js';
 import { createForwardAuthHandler } from './forward-auth.js';
-import { createForwarder, type Forwarder, type UpstreamFailure } from './forwarder.js';
+import { createForwarder, type Forwarder, removeHopByHop, type UpstreamFailure } from './forwarder.js';
 import { requestIdOf } from './request-id.js';
 import { createRouteMatcher } from './routes.js';
 
@@ -202,6 +202,7 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
     observe(req, res, requestId, state);
     // Strip first, on every path, before anything can look at the request.
     stripRequestIdentity(req);
+    removeHopByHop(req.headers as Record<string, unknown>);
     req.headers[REQUEST_ID_HEADER.toLowerCase()] = requestId;
     // Only origin-form targets: an absolute URL must never choose where the request goes.
     if (!req.url?.startsWith('/')) {
@@ -241,6 +242,7 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
   const handleUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     const requestId = requestIdOf(req.headers[REQUEST_ID_HEADER.toLowerCase()]);
     stripRequestIdentity(req);
+    removeHopByHop(req.headers as Record<string, unknown>, true);
     req.headers[REQUEST_ID_HEADER.toLowerCase()] = requestId;
     socket.on('error', () => socket.destroy());
     const reject = (response: PreparedResponse): void => {

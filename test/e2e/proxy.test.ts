@@ -206,6 +206,26 @@ describe.skipIf(!cliBuilt())('sidecar end to end (real CLI)', () => {
     expect(proxy.logs.some((line) => line.requestId === id && line.msg === 'request')).toBe(true);
   });
 
+  it('Connection listing identity headers cannot remove the injected ones (regression)', async () => {
+    const service = keystone.issueToken({
+      user: users.proxy,
+      scope: { project: projects.service },
+      roles: [roles.service],
+    });
+    const answer = await raw(
+      proxy.url,
+      `GET /v1 HTTP/1.1\r\nHost: p\r\nX-Auth-Token: ${token}\r\nX-Service-Token: ${service}\r\n` +
+        'Connection: close, X-Service-Identity-Status, X-Roles, X-Identity-Status\r\n\r\n',
+    );
+    const chunked = answer.slice(answer.indexOf('\r\n\r\n') + 4);
+    const body = JSON.parse(chunked.slice(chunked.indexOf('\r\n') + 2, chunked.lastIndexOf('\r\n0\r\n'))) as {
+      headers: Record<string, string>;
+    };
+    expect(body.headers['x-identity-status']).toBe('Confirmed');
+    expect(body.headers['x-service-identity-status']).toBe('Confirmed');
+    expect(body.headers['x-roles']).toBe('member,reader');
+  });
+
   it('absolute-form request target is refused (never an open proxy)', async () => {
     const answer = await raw(
       proxy.url,
@@ -244,12 +264,33 @@ describe.skipIf(!cliBuilt())('sidecar end to end (real CLI)', () => {
       for await (const piece of down.body as unknown as AsyncIterable<Uint8Array>) received += piece.length;
       expect(received).toBe(mb * 1024 * 1024);
     };
-    // A first transfer lets the process reach its working size (buffer pools, young generation).
-    await transfer(20);
-    const before = rssKb(pid);
-    await transfer(100);
-    const grownMb = (rssKb(pid) - before) / 1024;
-    expect(grownMb).toBeLessThan(10);
+    // RSS swings by ±15 MB with garbage collection, so compare peaks: the peak while streaming 200 MB after a
+    // warm-up of the same size must not exceed the warm-up's peak by more than a few MB (buffering adds 100 MB).
+    const peak = async (work: () => Promise<void>): Promise<number> => {
+      let max = rssKb(pid);
+      const sampler = setInterval(() => {
+        max = Math.max(max, rssKb(pid));
+      }, 10);
+      try {
+        await work();
+      } finally {
+        clearInterval(sampler);
+      }
+      return Math.max(max, rssKb(pid)) / 1024;
+    };
+    const startMb = rssKb(pid) / 1024;
+    const warm = await peak(() => transfer(100));
+    const measured = await peak(async () => {
+      await transfer(100);
+      await transfer(100);
+    });
+    console.log(
+      `proxy RSS ${startMb.toFixed(1)} MB before, peak ${warm.toFixed(1)} MB warming up, ` +
+        `${measured.toFixed(1)} MB over the next 400 MB streamed`,
+    );
+    // No accumulation with volume, and never a whole 100 MB body held on top of the working size.
+    expect(measured - warm).toBeLessThan(8);
+    expect(measured - startMb).toBeLessThan(100);
   });
 
   it('WebSocket upgrade: authenticated like any request', async () => {

@@ -4,6 +4,8 @@ export default defineConfig({
   test: {
     environment: 'node',
     include: ['test/**/*.test.ts'],
+    // Real-service suites have their own config (vitest.conformance.config.ts) and need Keystone running.
+    exclude: ['test/conformance/**', 'node_modules/**'],
     testTimeout: 20_000,
     hookTimeout: 20_000,
     coverage: {

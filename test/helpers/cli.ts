@@ -1,6 +1,6 @@
 /** Runs the real CLI (dist/cli.js) as a child process with a YAML config, and reads its JSON log lines. */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,10 +24,19 @@ export interface CliRun {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
+let configDir: string | undefined;
+let configCount = 0;
+
+/** Writes a config into one temporary directory per test process, removed when the process exits. */
 export function writeConfig(yaml: string): string {
-  const dir = mkdtempSync(join(tmpdir(), 'kap-'));
-  const file = join(dir, 'config.yaml');
-  writeFileSync(file, yaml);
+  if (configDir === undefined) {
+    const dir = mkdtempSync(join(tmpdir(), 'kap-'));
+    configDir = dir;
+    // Configs may hold passwords: leave none behind.
+    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  }
+  const file = join(configDir, `config-${++configCount}.yaml`);
+  writeFileSync(file, yaml, { mode: 0o600 });
   return file;
 }
 

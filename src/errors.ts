@@ -79,21 +79,26 @@ export type UnavailableReason =
   | 'http_status'
   | 'service_auth_rejected'
   | 'bad_response'
-  | 'discovery';
+  | 'discovery'
+  | 'circuit_open'
+  | 'retry_budget';
 
 export class KeystoneUnavailableError extends KsAuthError {
   readonly reason: UnavailableReason;
   /** Keystone's HTTP status when it answered with one. */
   readonly keystoneStatus: number | undefined;
+  /** When a retry may succeed (an open circuit breaker knows); undefined: the default. */
+  readonly retryAfterSeconds: number | undefined;
 
   constructor(
     reason: UnavailableReason,
     message: string,
-    options: { status?: number; cause?: unknown } = {},
+    options: { status?: number; cause?: unknown; retryAfterSeconds?: number } = {},
   ) {
     super('ERR_KSAUTH_KEYSTONE_UNAVAILABLE', 503, message, { cause: options.cause });
     this.reason = reason;
     this.keystoneStatus = options.status;
+    this.retryAfterSeconds = options.retryAfterSeconds;
   }
 }
 

@@ -17,27 +17,40 @@ export interface TokenCacheOptions {
   readonly now: () => number;
   /** HMAC key for cache keys; random per process unless given (a shared cache needs a shared one). */
   readonly hashKey?: Buffer | undefined;
+  /**
+   * stale-if-error: how long an entry is kept past its cache time, to be served only while Keystone is
+   * unavailable (never past the token's own expiry). 0: not kept.
+   */
+  readonly staleSeconds?: number | undefined;
+}
+
+interface Entry {
+  readonly info: TokenInfo;
+  /** Wall-clock ms until which the entry is served normally. */
+  readonly freshUntil: number;
 }
 
 export type CacheMode = 'normal' | 'allow_expired';
 
 export class TokenCache {
-  readonly #lru: LRUCache<string, TokenInfo> | undefined;
+  readonly #lru: LRUCache<string, Entry> | undefined;
   readonly #ttlMs: number;
+  readonly #staleMs: number;
   readonly #now: () => number;
   readonly #hashKey: Buffer;
 
   constructor(options: TokenCacheOptions) {
     this.#ttlMs = Math.floor(options.ttlSeconds * 1000);
+    this.#staleMs = Math.max(0, Math.floor((options.staleSeconds ?? 0) * 1000));
     this.#now = options.now;
     this.#hashKey = options.hashKey ?? randomBytes(32);
     this.#lru =
       this.#ttlMs > 0 && options.maxEntries > 0
-        ? new LRUCache<string, TokenInfo>({
+        ? new LRUCache<string, Entry>({
             max: options.maxEntries,
             maxSize: options.maxBytes,
-            sizeCalculation: (info) => info.sizeBytes + 128,
-            ttl: this.#ttlMs,
+            sizeCalculation: (entry) => entry.info.sizeBytes + 128,
+            ttl: this.#ttlMs + this.#staleMs,
             perf: { now: options.now },
             // Read the clock on every check: a cached "now" would let an entry outlive its TTL by a tick.
             ttlResolution: 0,
@@ -53,6 +66,16 @@ export class TokenCache {
   }
 
   get(key: string, mode: CacheMode): TokenInfo | undefined {
+    const entry = this.#entry(key, mode);
+    return entry !== undefined && this.#now() <= entry.freshUntil ? entry.info : undefined;
+  }
+
+  /** An entry past its cache time but inside the stale-if-error window (only for when Keystone is down). */
+  getStale(key: string, mode: CacheMode): TokenInfo | undefined {
+    return this.#staleMs > 0 ? this.#entry(key, mode)?.info : undefined;
+  }
+
+  #entry(key: string, mode: CacheMode): Entry | undefined {
     const lru = this.#lru;
     if (lru === undefined) return undefined;
     const normal = lru.get(`n:${key}`);
@@ -64,12 +87,20 @@ export class TokenCache {
   set(key: string, info: TokenInfo, mode: CacheMode): void {
     const lru = this.#lru;
     if (lru === undefined) return;
+    const now = this.#now();
     if (mode === 'allow_expired') {
-      lru.set(`e:${key}`, info, { ttl: this.#ttlMs });
+      lru.set(`e:${key}`, { info, freshUntil: now + this.#ttlMs }, { ttl: this.#ttlMs });
       return;
     }
-    const ttl = Math.min(this.#ttlMs, info.expiresAtMs - this.#now());
-    if (ttl > 0) lru.set(`n:${key}`, info, { ttl });
+    const untilExpiry = info.expiresAtMs - now;
+    const fresh = Math.min(this.#ttlMs, untilExpiry);
+    if (fresh <= 0) return;
+    // Never kept past the token's own expiry, stale or not.
+    lru.set(
+      `n:${key}`,
+      { info, freshUntil: now + fresh },
+      { ttl: Math.min(fresh + this.#staleMs, untilExpiry) },
+    );
   }
 
   delete(key: string): void {

@@ -9,12 +9,12 @@ import type { AuthObserver, Logger } from '../observability/observer.js';
 import type { CacheMode, TokenCache } from './token-cache.js';
 
 export type TokenCheck =
-  | { readonly status: 'valid'; readonly info: TokenInfo; readonly source: 'cache' | 'keystone' }
+  | { readonly status: 'valid'; readonly info: TokenInfo; readonly source: 'cache' | 'keystone' | 'stale' }
   | { readonly status: 'invalid'; readonly reason: InvalidTokenReason }
   | { readonly status: 'unavailable'; readonly error: KeystoneUnavailableError };
 
 type Fetched =
-  | { readonly status: 'valid'; readonly info: TokenInfo }
+  | { readonly status: 'valid'; readonly info: TokenInfo; readonly stale?: true }
   | Exclude<TokenCheck, { status: 'valid' }>;
 
 export interface TokenCheckerOptions {
@@ -68,7 +68,7 @@ export class TokenChecker {
     if (result.status !== 'valid') return result;
     // Keystone does not return expired tokens without allow_expired, but clocks differ: re-check like ksm.
     if (!allowExpired && this.#expired(result.info)) return { status: 'invalid', reason: 'expired' };
-    return { status: 'valid', info: result.info, source: 'keystone' };
+    return { status: 'valid', info: result.info, source: result.stale ? 'stale' : 'keystone' };
   }
 
   #expired(info: TokenInfo): boolean {
@@ -81,6 +81,8 @@ export class TokenChecker {
     try {
       const answer = await validator.validate(token, { allowExpired: mode === 'allow_expired' });
       if (answer.kind === 'invalid') {
+        // Known to be invalid (revoked, expired…): never served as stale either.
+        cache.delete(key);
         logger.info({ tokenHash: fingerprint }, 'Keystone does not recognise the token');
         return { status: 'invalid', reason: 'not_found' };
       }
@@ -98,10 +100,21 @@ export class TokenChecker {
           : new KeystoneUnavailableError('bad_response', 'token validation failed unexpectedly', {
               cause: error,
             });
-      logger.error(
-        { tokenHash: fingerprint, reason: unavailable.reason, keystoneStatus: unavailable.keystoneStatus },
-        'unable to validate token: Keystone unavailable',
-      );
+      const stale = cache.getStale(key, mode);
+      if (stale !== undefined && (mode === 'allow_expired' || !this.#expired(stale))) {
+        this.#options.observer.cache?.('stale');
+        logger.warn(
+          { tokenHash: fingerprint, reason: unavailable.reason },
+          'Keystone unavailable: serving a stale identity',
+        );
+        return { status: 'valid', info: stale, stale: true };
+      }
+      if (unavailable.reason !== 'circuit_open') {
+        logger.error(
+          { tokenHash: fingerprint, reason: unavailable.reason, keystoneStatus: unavailable.keystoneStatus },
+          'unable to validate token: Keystone unavailable',
+        );
+      }
       return { status: 'unavailable', error: unavailable };
     }
   }

@@ -170,6 +170,20 @@ export const authOptionsSchema = z
       .default(5)
       .describe('Budget for one validation, service authentication and retries included.'),
     token_cache_max_entries: count.default(10_000).describe('Most identities kept in the token cache.'),
+    circuit_breaker_failure_threshold: count
+      .default(5)
+      .describe('Consecutive Keystone failures after which uncached tokens get 503 at once; 0 disables.'),
+    circuit_breaker_open_seconds: positiveSeconds
+      .default(5)
+      .describe('How long the breaker stays open before one probe request is let through.'),
+    retry_budget_per_second: count
+      .default(10)
+      .describe('Most connection retries to Keystone per second, across all requests.'),
+    stale_if_error_seconds: seconds
+      .default(0)
+      .describe(
+        'While Keystone is unavailable, serve a cached identity this long past its cache time; 0: off.',
+      ),
     token_cache_max_bytes: count
       .default(64 * 1024 * 1024)
       .describe('Most bytes (estimated) the token cache may hold.'),
@@ -198,6 +212,10 @@ export interface ResolvedAuthOptions {
   readonly tokenCacheTimeSeconds: number;
   readonly tokenCacheMaxEntries: number;
   readonly tokenCacheMaxBytes: number;
+  readonly circuitBreakerFailureThreshold: number;
+  readonly circuitBreakerOpenSeconds: number;
+  readonly retryBudgetPerSecond: number;
+  readonly staleIfErrorSeconds: number;
   readonly enforceTokenBind: BindMode;
   readonly httpConnectTimeoutSeconds: number;
   readonly httpRequestMaxRetries: number;
@@ -328,6 +346,10 @@ export function resolveAuthOptions(input: unknown, context: ResolveContext = {})
     tokenCacheTimeSeconds: o.token_cache_time,
     tokenCacheMaxEntries: o.token_cache_max_entries,
     tokenCacheMaxBytes: o.token_cache_max_bytes,
+    circuitBreakerFailureThreshold: o.circuit_breaker_failure_threshold,
+    circuitBreakerOpenSeconds: o.circuit_breaker_open_seconds,
+    retryBudgetPerSecond: o.retry_budget_per_second,
+    staleIfErrorSeconds: Math.max(0, o.stale_if_error_seconds),
     enforceTokenBind: bindMode(o.enforce_token_bind),
     httpConnectTimeoutSeconds: o.http_connect_timeout,
     httpRequestMaxRetries: o.http_request_max_retries,

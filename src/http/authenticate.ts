@@ -190,6 +190,9 @@ export function createAuthenticator(input: AuthOptionsInput, deps: AuthDependenc
       requestTimeoutMs: options.httpRequestTimeoutSeconds * 1000,
       maxConnectRetries: options.httpRequestMaxRetries,
       retryDelayMs: 100,
+      retryBudgetPerSecond: options.retryBudgetPerSecond,
+      breakerFailureThreshold: options.circuitBreakerFailureThreshold,
+      breakerOpenMs: options.circuitBreakerOpenSeconds * 1000,
       userAgent: USER_AGENT,
       now,
       logger,
@@ -201,6 +204,7 @@ export function createAuthenticator(input: AuthOptionsInput, deps: AuthDependenc
     maxBytes: options.tokenCacheMaxBytes,
     now,
     hashKey: deps.cacheHashKey,
+    staleSeconds: options.staleIfErrorSeconds,
   });
   const checker = new TokenChecker({
     validator,
@@ -233,7 +237,7 @@ export function createAuthenticator(input: AuthOptionsInput, deps: AuthDependenc
         return {
           ...facts,
           action: 'respond',
-          response: unavailableResponse(),
+          response: unavailableResponse(decision.error.retryAfterSeconds),
           reason: 'keystone_unavailable',
           error: decision.error,
         };

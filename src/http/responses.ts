@@ -35,13 +35,13 @@ export function unauthorizedResponse(wwwAuthenticateUri: string): PreparedRespon
   };
 }
 
-export function unavailableResponse(): PreparedResponse {
+export function unavailableResponse(retryAfterSeconds = UNAVAILABLE_RETRY_AFTER_SECONDS): PreparedResponse {
   return {
     status: 503,
     headers: {
       'Content-Type': 'application/json',
       'Content-Length': String(Buffer.byteLength(UNAVAILABLE_BODY)),
-      'Retry-After': String(UNAVAILABLE_RETRY_AFTER_SECONDS),
+      'Retry-After': String(Math.max(1, Math.ceil(retryAfterSeconds))),
     },
     body: UNAVAILABLE_BODY,
   };

@@ -8,6 +8,7 @@ import type { Dispatcher } from 'undici';
 import { KeystoneUnavailableError } from '../errors.js';
 import { SUBJECT_TOKEN_HEADER } from '../identity/headers.js';
 import type { AuthObserver, Logger } from '../observability/observer.js';
+import { CircuitBreaker } from './breaker.js';
 import { KeystoneHttp } from './http.js';
 import { type ServiceCredentials, type ServiceToken, ServiceTokenProvider } from './service-token.js';
 
@@ -39,6 +40,10 @@ export interface KeystoneClientOptions {
   readonly requestTimeoutMs: number;
   readonly maxConnectRetries: number;
   readonly retryDelayMs: number;
+  readonly retryBudgetPerSecond: number;
+  /** Consecutive failures that open the circuit breaker (0: no breaker) and how long it stays open. */
+  readonly breakerFailureThreshold: number;
+  readonly breakerOpenMs: number;
   readonly userAgent: string;
   readonly now: () => number;
   readonly logger: Logger;
@@ -95,6 +100,7 @@ export class KeystoneClient implements TokenValidator {
   readonly #http: KeystoneHttp;
   readonly #serviceToken: ServiceTokenProvider;
   readonly #discovered = new Map<string, string>();
+  readonly #breaker: CircuitBreaker;
   #authV3: string | undefined;
   /** Identity endpoint resolved from the catalog of this service token. */
   #endpointFor: { token: string; url: string } | undefined;
@@ -107,9 +113,20 @@ export class KeystoneClient implements TokenValidator {
       dispatcher: options.dispatcher,
       maxConnectRetries: options.maxConnectRetries,
       retryDelayMs: options.retryDelayMs,
+      retryBudgetPerSecond: options.retryBudgetPerSecond,
       userAgent: options.userAgent,
       observer: options.observer,
       now: () => performance.now(),
+    });
+    this.#breaker = new CircuitBreaker({
+      failureThreshold: options.breakerFailureThreshold,
+      openMs: options.breakerOpenMs,
+      now: () => performance.now(),
+      onChange: (state) => {
+        options.observer.circuitState?.(state);
+        const log = state === 'open' ? options.logger.error : options.logger.warn;
+        log.call(options.logger, { state }, `Keystone circuit breaker ${state.replace('_', '-')}`);
+      },
     });
     this.#serviceToken = new ServiceTokenProvider({
       http: this.#http,
@@ -158,6 +175,24 @@ export class KeystoneClient implements TokenValidator {
   }
 
   async validate(token: string, options: ValidateOptions): Promise<ValidationAnswer> {
+    const admission = this.#breaker.admit();
+    if (!admission.allowed) {
+      throw new KeystoneUnavailableError('circuit_open', 'Keystone circuit breaker is open', {
+        retryAfterSeconds: admission.retryAfterMs / 1000,
+      });
+    }
+    try {
+      const answer = await this.#validate(token, options);
+      this.#breaker.success(admission.probe);
+      return answer;
+    } catch (error) {
+      if (error instanceof KeystoneUnavailableError) this.#breaker.failure(admission.probe);
+      else this.#breaker.success(admission.probe);
+      throw error;
+    }
+  }
+
+  async #validate(token: string, options: ValidateOptions): Promise<ValidationAnswer> {
     const deadline = performance.now() + this.#options.requestTimeoutMs;
     const authV3 = await this.#authV3Url(deadline);
     // Keystone 401 means our own token went stale: re-authenticate once, then give up.

@@ -33,6 +33,8 @@ export interface KeystoneHttpOptions {
   readonly userAgent: string;
   readonly observer: AuthObserver;
   readonly now: () => number;
+  /** Most retries per second across all requests, so retries never multiply load on a struggling Keystone. */
+  readonly retryBudgetPerSecond: number;
 }
 
 const CONNECT_CODES = new Set([
@@ -82,9 +84,24 @@ const REASON = {
 
 export class KeystoneHttp {
   readonly #options: KeystoneHttpOptions;
+  #retryTokens: number;
+  #refilledAt: number;
 
   constructor(options: KeystoneHttpOptions) {
     this.#options = options;
+    this.#retryTokens = options.retryBudgetPerSecond;
+    this.#refilledAt = options.now();
+  }
+
+  /** Token bucket: `retryBudgetPerSecond` tokens, refilled continuously. */
+  #takeRetry(): boolean {
+    const rate = this.#options.retryBudgetPerSecond;
+    const now = this.#options.now();
+    this.#retryTokens = Math.min(rate, this.#retryTokens + ((now - this.#refilledAt) / 1000) * rate);
+    this.#refilledAt = now;
+    if (this.#retryTokens < 1) return false;
+    this.#retryTokens -= 1;
+    return true;
   }
 
   async send(request: KeystoneRequest): Promise<KeystoneResponse> {
@@ -105,7 +122,12 @@ export class KeystoneHttp {
         const elapsed = now() - started;
         observer.keystoneRequest?.(request.operation, outcome, elapsed / 1000);
         const retryAt = now() + delay;
-        if (!retryable || attempt >= this.#options.maxConnectRetries || retryAt >= request.deadline) {
+        if (
+          !retryable ||
+          attempt >= this.#options.maxConnectRetries ||
+          retryAt >= request.deadline ||
+          !this.#takeRetry()
+        ) {
           const reason = REASON[outcome as keyof typeof REASON] ?? 'connect';
           throw new KeystoneUnavailableError(reason, `Keystone ${request.operation} failed: ${outcome}`, {
             cause: error,

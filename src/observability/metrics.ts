@@ -5,7 +5,13 @@
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { InvalidTokenReason } from '../errors.js';
-import type { AuthObserver, CacheEvent, KeystoneOperation, KeystoneOutcome } from './observer.js';
+import type {
+  AuthObserver,
+  CacheEvent,
+  CircuitState,
+  KeystoneOperation,
+  KeystoneOutcome,
+} from './observer.js';
 
 export type RequestDecision =
   | 'confirmed'
@@ -68,7 +74,14 @@ const KEYSTONE_OUTCOMES: Record<KeystoneOutcome, true> = {
   tls_error: true,
   bad_response: true,
 };
-const CACHE_EVENTS: Record<CacheEvent, true> = { hit: true, miss: true, coalesced: true, expired: true };
+const CACHE_EVENTS: Record<CacheEvent, true> = {
+  hit: true,
+  miss: true,
+  coalesced: true,
+  expired: true,
+  stale: true,
+};
+const CIRCUIT_STATES: Record<CircuitState, true> = { closed: true, open: true, half_open: true };
 const UPSTREAM_ERROR_REASONS: Record<UpstreamErrorReason, true> = {
   connect_refused: true,
   connect_timeout: true,
@@ -225,6 +238,16 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
     labelNames: ['outcome'] as const,
     registers,
   });
+  const circuit = new Gauge({
+    name: name('keystone_circuit_state'),
+    help: 'State of the circuit breaker around Keystone: 1 for the current state, 0 for the others.',
+    labelNames: ['state'] as const,
+    registers,
+  });
+  const setCircuit = (state: CircuitState): void => {
+    for (const known of keysOf(CIRCUIT_STATES)) circuit.set({ state: known }, known === state ? 1 : 0);
+  };
+  setCircuit('closed');
   new Gauge({
     name: name('build_info'),
     help: 'Always 1; the labels carry the proxy version and the Node.js version.',
@@ -278,6 +301,7 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
     cache: (event) => {
       cacheRequests.inc({ result: bounded(CACHE_EVENTS, event) });
     },
+    circuitState: (state) => setCircuit(state in CIRCUIT_STATES ? state : 'closed'),
     serviceTokenRefresh: (outcome) => {
       serviceTokenRefreshes.inc({ outcome: bounded(SERVICE_TOKEN_OUTCOMES, outcome) });
     },

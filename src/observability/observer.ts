@@ -16,12 +16,14 @@ export type KeystoneOutcome =
   | 'tls_error'
   | 'bad_response';
 
-export type CacheEvent = 'hit' | 'miss' | 'coalesced' | 'expired';
+export type CacheEvent = 'hit' | 'miss' | 'coalesced' | 'expired' | 'stale';
+export type CircuitState = 'closed' | 'open' | 'half_open';
 
 export interface AuthObserver {
   keystoneRequest?(operation: KeystoneOperation, outcome: KeystoneOutcome, durationSeconds: number): void;
   cache?(event: CacheEvent): void;
   serviceTokenRefresh?(outcome: 'ok' | 'error'): void;
+  circuitState?(state: CircuitState): void;
 }
 
 /** The subset of pino's API the engine uses; pino loggers satisfy it. */

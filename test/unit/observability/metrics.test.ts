@@ -236,6 +236,7 @@ describe('createMetrics', () => {
       ['token_cache_entries', 'gauge'],
       ['token_cache_bytes', 'gauge'],
       ['keystone_validations_in_flight', 'gauge'],
+      ['keystone_circuit_state', 'gauge'],
       ['upstream_errors_total', 'counter'],
       ['service_token_refreshes_total', 'counter'],
       ['build_info', 'gauge'],
@@ -320,5 +321,23 @@ describe('createMetrics', () => {
     expect(await registry.metrics()).toContain('custom_build_info{');
     // Two instances cannot silently share one registry: prom-client refuses the duplicate names.
     expect(() => metrics({ registry, prefix: 'custom' })).toThrow(/already been registered/);
+  });
+});
+
+describe('circuit state gauge', () => {
+  it('is one-hot over closed, open and half_open', async () => {
+    const m = createMetrics({ prefix: 'kap', version: '1', collectProcessMetrics: false });
+    const value = (text: string, state: string) =>
+      Number(
+        text
+          .split('\n')
+          .find((l) => l.startsWith(`kap_keystone_circuit_state{state="${state}"}`))
+          ?.split(' ')[1],
+      );
+    let text = await m.scrape();
+    expect([value(text, 'closed'), value(text, 'open'), value(text, 'half_open')]).toEqual([1, 0, 0]);
+    m.circuitState('open');
+    text = await m.scrape();
+    expect([value(text, 'closed'), value(text, 'open'), value(text, 'half_open')]).toEqual([0, 1, 0]);
   });
 });

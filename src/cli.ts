@@ -3,11 +3,13 @@
  * keystone-auth-proxy: the sidecar. Reads the YAML config, starts the proxied, admin and forward-auth listeners,
  * drains on SIGTERM/SIGINT. Exit codes: 0 normal stop, 1 runtime failure, 2 bad command line or configuration.
  */
+import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { loadProxyConfig } from './config/proxy-config.js';
 import { ConfigError } from './errors.js';
 import { createLogger } from './observability/logger.js';
 import { createMetrics } from './observability/metrics.js';
+import { isClusterWorker, runWorker, startCluster } from './proxy/cluster.js';
 import { startProxy } from './proxy/server.js';
 import { VERSION } from './version.js';
 
@@ -60,12 +62,31 @@ async function main(argv: string[]): Promise<number> {
   }
 
   const logger = createLogger({ level: config.log.level, format: config.log.format });
-  const metrics = config.metrics.enabled
-    ? createMetrics({ prefix: config.metrics.prefix, version: VERSION })
-    : undefined;
-  let running: Awaited<ReturnType<typeof startProxy>>;
+  const workers = config.workers === 'auto' ? availableParallelism() : config.workers;
+  const metricsFor = () =>
+    config.metrics.enabled ? createMetrics({ prefix: config.metrics.prefix, version: VERSION }) : undefined;
+  if (isClusterWorker()) return runWorker(config, logger, metricsFor());
+
+  let running: { url: string | undefined; adminUrl: string | undefined; forwardAuthUrl: string | undefined };
+  let shutdown: (graceMs: number) => Promise<{ unfinished: number }>;
+  let inFlight: () => number | undefined = () => undefined;
   try {
-    running = await startProxy(config, { logger, metrics });
+    if (workers > 1) {
+      const clustered = await startCluster(config, workers, logger, config.metrics.enabled);
+      running = clustered;
+      shutdown = (graceMs) => clustered.shutdown(graceMs);
+    } else {
+      const single = await startProxy(config, { logger, metrics: metricsFor() });
+      running = single;
+      shutdown = (graceMs) => single.shutdown(graceMs);
+      inFlight = () => single.inFlight();
+      single.authenticator.warmUp().catch((error: unknown) => {
+        logger.warn(
+          { err: { message: (error as Error).message } },
+          'Keystone not reachable yet; will retry on demand',
+        );
+      });
+    }
   } catch (error) {
     logger.fatal(
       { err: { message: (error as Error).message, code: (error as { code?: unknown }).code } },
@@ -74,15 +95,15 @@ async function main(argv: string[]): Promise<number> {
     return 1;
   }
   logger.info(
-    { version: VERSION, listen: running.url, admin: running.adminUrl, forwardAuth: running.forwardAuthUrl },
+    {
+      version: VERSION,
+      workers,
+      listen: running.url,
+      admin: running.adminUrl,
+      forwardAuth: running.forwardAuthUrl,
+    },
     'keystone-auth-proxy started',
   );
-  running.authenticator.warmUp().catch((error: unknown) => {
-    logger.warn(
-      { err: { message: (error as Error).message } },
-      'Keystone not reachable yet; will retry on demand',
-    );
-  });
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -94,8 +115,8 @@ async function main(argv: string[]): Promise<number> {
       }
       stopping = true;
       const graceMs = config.shutdown.grace_period_seconds * 1000;
-      logger.info({ signal, inFlight: running.inFlight(), graceMs }, 'draining');
-      running.shutdown(graceMs).then(
+      logger.info({ signal, inFlight: inFlight(), graceMs }, 'draining');
+      shutdown(graceMs).then(
         ({ unfinished }) => {
           logger.info({ unfinished }, 'stopped');
           resolve(0);

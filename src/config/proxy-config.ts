@@ -48,6 +48,12 @@ const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', '*'
 export const proxyConfigSchema = z
   .object({
     listen: listenSchema.optional().describe('Where the proxied API is served (the port clients use).'),
+    workers: z
+      .union([z.literal('auto'), numberLike.pipe(z.number().int().min(1, { message: 'must be at least 1' }))])
+      .default('auto')
+      .describe(
+        'Processes serving the proxied port (node:cluster); auto: one per CPU core. Each has its own cache.',
+      ),
     upstream: z
       .object({
         url: httpUrl.describe('The service behind the proxy, e.g. http://127.0.0.1:18774.'),

@@ -240,7 +240,7 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
   });
   const circuit = new Gauge({
     name: name('keystone_circuit_state'),
-    help: 'State of the circuit breaker around Keystone: 1 for the current state, 0 for the others.',
+    help: 'State of the circuit breaker around Keystone: 1 for the current state, 0 for the others (with workers: how many are in each state).',
     labelNames: ['state'] as const,
     registers,
   });
@@ -253,6 +253,8 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
     help: 'Always 1; the labels carry the proxy version and the Node.js version.',
     labelNames: ['version', 'node_version'] as const,
     registers,
+    // With workers, /metrics adds the workers up: every worker runs the same build.
+    aggregator: 'first',
   }).set({ version: options.version, node_version: process.version }, 1);
 
   // Export zero for every series known in advance, so dashboards and rate() see them before the first event.

@@ -17,6 +17,8 @@ export interface ForwarderOptions {
   readonly insecure: boolean;
   /** Appended to every 401 the upstream answers (keystonemiddleware does the same). */
   readonly wwwAuthenticate: string;
+  /** True while the proxy drains: answers then say `Connection: close`, so clients stop reusing connections. */
+  readonly draining?: () => boolean;
 }
 
 export interface Forwarder {
@@ -117,8 +119,9 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
 
   proxy.on('proxyRes', (proxyRes, _req, res) => {
     removeHopByHop(proxyRes.headers as Record<string, unknown>);
-    // The client connection's own fate (a client's `Connection: close` is honoured), not the upstream's.
-    proxyRes.headers.connection = (res as ServerResponse).shouldKeepAlive ? 'keep-alive' : 'close';
+    // The client connection's own fate (a client's `Connection: close`, or our drain), not the upstream's.
+    const keep = (res as ServerResponse).shouldKeepAlive && options.draining?.() !== true;
+    proxyRes.headers.connection = keep ? 'keep-alive' : 'close';
     if (proxyRes.statusCode === 401) {
       const existing = proxyRes.headers['www-authenticate'];
       const values = existing === undefined ? [] : Array.isArray(existing) ? existing : [existing];

@@ -24,7 +24,7 @@ import { errorResponse, type PreparedResponse, rawResponse } from '../http/respo
 import { REQUEST_ID_HEADER } from '../identity/headers.js';
 import type { ProxyMetrics, RequestDecision } from '../observability/metrics.js';
 import type { Logger } from '../observability/observer.js';
-import { createForwardAuthHandler } from './forward-auth.js';
+import { createForwardAuthHandler, type ForwardAuthHandler } from './forward-auth.js';
 import { createForwarder, type Forwarder, removeHopByHop, type UpstreamFailure } from './forwarder.js';
 import { requestIdOf } from './request-id.js';
 import { createRouteMatcher } from './routes.js';
@@ -32,12 +32,15 @@ import { createRouteMatcher } from './routes.js';
 export interface ProxyDependencies extends Omit<AuthDependencies, 'logger' | 'observer'> {
   readonly logger: Logger;
   readonly metrics?: ProxyMetrics | undefined;
+  /** false in a cluster worker: the primary serves the admin listener. */
+  readonly adminListener?: boolean;
 }
 
 export interface RunningProxy {
   /** Base URL of the proxied listener, when there is one. */
   readonly url: string | undefined;
-  readonly adminUrl: string;
+  /** undefined in a cluster worker. */
+  readonly adminUrl: string | undefined;
   /** Base URL of the forward-auth endpoint, when enabled. */
   readonly forwardAuthUrl: string | undefined;
   readonly authenticator: Authenticator;
@@ -120,6 +123,7 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
           responseTimeoutMs: upstream.response_timeout_seconds * 1000,
           insecure: upstream.insecure,
           wwwAuthenticate: authenticator.wwwAuthenticate,
+          draining: () => draining,
         });
 
   let draining = false;
@@ -314,79 +318,48 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
     url = await listen(proxyServer, config.listen.host, config.listen.port);
   }
 
-  const admin = createServer(serverOptions, (req, res) => {
-    const path = requestPath(req.url);
-    if (forwardAuth !== undefined && config.forward_auth.listen === undefined && forwardAuth.matches(path)) {
-      track(res);
-      forwardAuth.handle(req, res);
-      return;
-    }
-    const json = (status: number, body: unknown): void => {
-      const text = JSON.stringify(body);
-      res.writeHead(status, {
-        'Content-Type': 'application/json',
-        'Content-Length': Buffer.byteLength(text),
-      });
-      res.end(req.method === 'HEAD' ? undefined : text);
-    };
-    if (path === '/healthz') {
-      json(200, { status: 'ok' });
-    } else if (path === '/readyz') {
-      if (draining) {
-        json(503, { status: 'draining' });
-        return;
-      }
-      authenticator.ready().then(
-        (ready) => json(ready ? 200 : 503, { status: ready ? 'ready' : 'keystone unavailable' }),
-        () => json(503, { status: 'keystone unavailable' }),
-      );
-    } else if (path === '/metrics' && metrics !== undefined) {
-      metrics.scrape().then(
-        (text) => {
-          res.writeHead(200, { 'Content-Type': metrics.contentType });
-          res.end(text);
-        },
-        (error: unknown) => json(500, { error: (error as Error).message }),
-      );
-    } else {
-      json(404, { error: { code: 404, title: 'Not Found', message: 'No such admin endpoint.' } });
-    }
-  });
-  admin.on('clientError', answerClientError);
-  const adminUrl = await listen(admin, config.admin_listen.host, config.admin_listen.port);
-
   let forwardAuthServer: Server | undefined;
   let forwardAuthUrl: string | undefined;
-  if (forwardAuth !== undefined) {
-    if (config.forward_auth.listen === undefined) {
-      forwardAuthUrl = `${adminUrl}${config.forward_auth.path}`;
-    } else {
-      forwardAuthServer = createServer(serverOptions, (req, res) => {
-        track(res);
-        if (forwardAuth.matches(requestPath(req.url))) forwardAuth.handle(req, res);
-        else respond(req, res, errorResponse(404, 'Not Found', 'No such endpoint.'));
-      });
-      forwardAuthServer.on('clientError', answerClientError);
-      const base = await listen(
-        forwardAuthServer,
-        config.forward_auth.listen.host,
-        config.forward_auth.listen.port,
-      );
-      forwardAuthUrl = `${base}${config.forward_auth.path}`;
-    }
+  if (forwardAuth !== undefined && config.forward_auth.listen !== undefined) {
+    forwardAuthServer = createServer(serverOptions, (req, res) => {
+      track(res);
+      if (forwardAuth.matches(requestPath(req.url))) forwardAuth.handle(req, res);
+      else respond(req, res, errorResponse(404, 'Not Found', 'No such endpoint.'));
+    });
+    forwardAuthServer.on('clientError', answerClientError);
+    const base = await listen(
+      forwardAuthServer,
+      config.forward_auth.listen.host,
+      config.forward_auth.listen.port,
+    );
+    forwardAuthUrl = `${base}${config.forward_auth.path}`;
   }
+
+  const admin =
+    deps.adminListener === false
+      ? undefined
+      : await startAdmin(config, {
+          logger,
+          authenticator,
+          forwardAuth: config.forward_auth.listen === undefined ? forwardAuth : undefined,
+          metricsText: metrics === undefined ? undefined : () => metrics.scrape(),
+          metricsContentType: metrics?.contentType,
+          track,
+        });
+  if (admin?.forwardAuthUrl !== undefined) forwardAuthUrl = admin.forwardAuthUrl;
 
   const closeServer = (server: Server | undefined): Promise<void> =>
     server === undefined ? Promise.resolve() : new Promise((resolve) => server.close(() => resolve()));
 
   return {
     url,
-    adminUrl,
+    adminUrl: admin?.url,
     forwardAuthUrl,
     authenticator,
     inFlight: () => inFlight,
     async shutdown(graceMs) {
       draining = true;
+      admin?.draining();
       const closing = [closeServer(proxyServer), closeServer(forwardAuthServer)];
       proxyServer?.closeIdleConnections();
       forwardAuthServer?.closeIdleConnections();
@@ -403,11 +376,94 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
       proxyServer?.closeAllConnections();
       forwardAuthServer?.closeAllConnections();
       await Promise.all(closing);
-      admin.closeAllConnections();
-      await closeServer(admin);
+      await admin?.close();
       forwarder?.close();
       await authenticator.close();
       return { unfinished };
     },
+  };
+}
+
+export interface AdminOptions {
+  readonly logger: Logger;
+  /** For /readyz and for forward-auth served here. */
+  readonly authenticator: Authenticator;
+  /** Forward-auth on this listener (when it has no listener of its own). */
+  readonly forwardAuth?: ForwardAuthHandler | undefined;
+  readonly metricsText?: (() => Promise<string>) | undefined;
+  readonly metricsContentType?: string | undefined;
+  /** Counts forward-auth requests as in flight for the drain. */
+  readonly track?: ((res: ServerResponse) => void) | undefined;
+}
+
+export interface RunningAdmin {
+  readonly url: string;
+  readonly forwardAuthUrl: string | undefined;
+  /** From now on /readyz answers 503. */
+  draining(): void;
+  close(): Promise<void>;
+}
+
+/** The admin listener: /healthz, /readyz, /metrics, and forward-auth unless it has a listener of its own. */
+export async function startAdmin(config: ProxyConfig, options: AdminOptions): Promise<RunningAdmin> {
+  const { authenticator, forwardAuth, metricsText } = options;
+  let draining = false;
+  const admin = createServer(
+    {
+      maxHeaderSize: config.limits.max_header_bytes,
+      headersTimeout: config.limits.headers_timeout_seconds * 1000,
+    },
+    (req, res) => {
+      const path = requestPath(req.url);
+      if (forwardAuth?.matches(path)) {
+        options.track?.(res);
+        forwardAuth.handle(req, res);
+        return;
+      }
+      const json = (status: number, body: unknown): void => {
+        const text = JSON.stringify(body);
+        res.writeHead(status, {
+          'Content-Type': 'application/json',
+          'Content-Length': Buffer.byteLength(text),
+        });
+        res.end(req.method === 'HEAD' ? undefined : text);
+      };
+      if (path === '/healthz') {
+        json(200, { status: 'ok' });
+      } else if (path === '/readyz') {
+        if (draining) {
+          json(503, { status: 'draining' });
+          return;
+        }
+        authenticator.ready().then(
+          (ready) => json(ready ? 200 : 503, { status: ready ? 'ready' : 'keystone unavailable' }),
+          () => json(503, { status: 'keystone unavailable' }),
+        );
+      } else if (path === '/metrics' && metricsText !== undefined) {
+        metricsText().then(
+          (text) => {
+            res.writeHead(200, { 'Content-Type': options.metricsContentType ?? 'text/plain; version=0.0.4' });
+            res.end(text);
+          },
+          (error: unknown) => json(500, { error: (error as Error).message }),
+        );
+      } else {
+        json(404, { error: { code: 404, title: 'Not Found', message: 'No such admin endpoint.' } });
+      }
+    },
+  );
+  admin.on('clientError', answerClientError);
+  const url = await listen(admin, config.admin_listen.host, config.admin_listen.port);
+  return {
+    url,
+    forwardAuthUrl: forwardAuth === undefined ? undefined : `${url}${config.forward_auth.path}`,
+    draining: () => {
+      draining = true;
+    },
+    close: () =>
+      new Promise((resolve) => {
+        admin.closeAllConnections();
+        admin.close(() => resolve());
+      }),
   };
 }

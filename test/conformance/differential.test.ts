@@ -826,6 +826,8 @@ async function startSides(set: OptionSet): Promise<Sides> {
   };
   const upstream = await listen(echo);
   const config = {
+    // One process, like the single keystonemiddleware worker it is compared with (one cache each).
+    workers: 1,
     listen: { host: '127.0.0.1', port: 0 },
     upstream: { url: upstream.url },
     admin_listen: { host: '127.0.0.1', port: 0 },

@@ -177,6 +177,7 @@ describe.skipIf(skip !== undefined)(skip === undefined ? title : `${title} (skip
     console.log(`glance-api at ${glanceUrl} in ${Math.round(performance.now() - started)} ms`);
 
     const config = `
+workers: 1
 listen: { host: 127.0.0.1, port: 0 }
 upstream: { url: "${glanceUrl}" }
 admin_listen: { host: 127.0.0.1, port: 0 }

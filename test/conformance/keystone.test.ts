@@ -44,6 +44,8 @@ function config(upstream: string, extra: Record<string, unknown> = {}, f = fixtu
     ...extra,
   };
   return JSON.stringify({
+    // One process: the cache tests assume every request meets the same cache.
+    workers: 1,
     listen: { host: '127.0.0.1', port: 0 },
     upstream: { url: upstream },
     admin_listen: { host: '127.0.0.1', port: 0 },

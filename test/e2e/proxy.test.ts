@@ -15,6 +15,7 @@ const { users, projects, roles } = fixtures;
 
 function configYaml(keystoneUrl: string, upstreamUrl: string, extra = ''): string {
   return `
+workers: 1
 listen: { host: 127.0.0.1, port: 0 }
 upstream: { url: "${upstreamUrl}", response_timeout_seconds: 1, connect_timeout_seconds: 1 }
 admin_listen: { host: 127.0.0.1, port: 0 }

@@ -1,0 +1,329 @@
+/**
+ * `npm run bench`: every scenario of issue 5 measured in one run on this machine, printed as one table with the
+ * ratios, and written to bench/results/bench.json. Servers under test run as child processes; the driver only
+ * starts them, runs wrk (one thread) and reads the results. The Keystone emulator lives in the driver, with
+ * 20 ms of validation latency, and stands in for Keystone for our proxy and for keystonemiddleware alike.
+ *   npx tsx bench/run.ts [--seconds 8] [--only name,name]
+ * Needs wrk (apt-get install wrk); the keystonemiddleware rows need Debian's python3-keystonemiddleware + uwsgi.
+ */
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { availableParallelism, cpus, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs, promisify } from 'node:util';
+import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../test/helpers/keystone-emulator.js';
+
+const ROOT = fileURLToPath(new URL('../', import.meta.url));
+const { values: args } = parseArgs({
+  options: { seconds: { type: 'string', default: '8' }, only: { type: 'string' } },
+});
+const SECONDS = Number(args.seconds);
+const ONLY = args.only?.split(',');
+const CONNECTIONS = 32;
+const KEYSTONE_LATENCY_MS = 20;
+const exec = promisify(execFile);
+
+interface WrkResult {
+  rps: number;
+  p50ms: number;
+  p99ms: number;
+  non2xx: number;
+  errors: number;
+}
+
+const ms = (text: string | undefined): number => {
+  const match = /([\d.]+)(us|ms|s)/.exec(text ?? '');
+  if (!match) return Number.NaN;
+  const value = Number(match[1]);
+  return match[2] === 'us' ? value / 1000 : match[2] === 's' ? value * 1000 : value;
+};
+
+async function wrk(url: string, headers: Record<string, string> = {}, script?: string): Promise<WrkResult> {
+  const head = Object.entries(headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]);
+  const lua = script === undefined ? [] : ['-s', script];
+  await exec('wrk', ['-t1', `-c${CONNECTIONS}`, '-d2s', ...head, ...lua, url]);
+  const { stdout } = await exec('wrk', [
+    '-t1',
+    `-c${CONNECTIONS}`,
+    `-d${SECONDS}s`,
+    '--latency',
+    ...head,
+    ...lua,
+    url,
+  ]);
+  const errors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(stdout);
+  return {
+    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1]),
+    p50ms: ms(/50%\s+(\S+)/.exec(stdout)?.[1]),
+    p99ms: ms(/99%\s+(\S+)/.exec(stdout)?.[1]),
+    non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(stdout)?.[1] ?? 0),
+    errors: errors ? errors.slice(1).reduce((a, b) => a + Number(b), 0) : 0,
+  };
+}
+
+const children: ChildProcess[] = [];
+
+/** Starts a child that prints its port (or a line with it) and resolves with the base URL. */
+function startChild(
+  command: string,
+  argv: string[],
+  match: RegExp,
+  env: Record<string, string> = {},
+): Promise<string> {
+  const child = spawn(command, argv, {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  children.push(child);
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const onData = (chunk: Buffer): void => {
+      out += chunk.toString();
+      const found = match.exec(out);
+      if (found?.[1]) resolve(found[1].startsWith('http') ? found[1] : `http://127.0.0.1:${found[1]}`);
+    };
+    child.stdout?.on('data', onData);
+    child.stderr?.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+    });
+    child.once('exit', (code) => reject(new Error(`${command} exited ${code}: ${out.slice(-500)}`)));
+  });
+}
+
+function cli(keystone: string, upstream: string, extra: string): Promise<string> {
+  const dir = mkdtempSync(join(tmpdir(), 'kap-bench-'));
+  const file = join(dir, 'config.yaml');
+  writeFileSync(
+    file,
+    `listen: { host: 127.0.0.1, port: 0 }
+upstream: { url: "${upstream}" }
+admin_listen: { host: 127.0.0.1, port: 0 }
+log: { level: warn }
+keystone_authtoken:
+  www_authenticate_uri: "${keystone}"
+  auth_url: "${keystone}"
+  username: proxy
+  password: proxy-secret
+  user_domain_name: Default
+  project_name: service
+  project_domain_name: Default
+${extra}
+`,
+  );
+  // log level warn keeps the access log out of the measurement of the proxy itself; info costs ~10% here.
+  return startChild(process.execPath, ['dist/cli.js', '--config', file], /"listen":"(http:\/\/[^"]+)"/, {});
+}
+
+function luaTokens(tokens: string[], cachedShare: number, cached: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'kap-lua-'));
+  const file = join(dir, 'tokens.lua');
+  writeFileSync(
+    file,
+    `tokens = {${tokens.map((t) => `"${t}"`).join(',')}}
+i = 0
+request = function()
+  i = i + 1
+  local token
+  if math.random() < ${cachedShare} then token = "${cached}" else token = tokens[(i % #tokens) + 1] end
+  return wrk.format("GET", "/v1", { ["X-Auth-Token"] = token })
+end
+`,
+  );
+  return file;
+}
+
+async function ksmRows(keystone: KeystoneEmulator, token: string): Promise<Record<string, WrkResult>> {
+  const uwsgi = '/usr/bin/uwsgi';
+  if (!existsSync(uwsgi) || !existsSync('/usr/lib/python3/dist-packages/keystonemiddleware')) return {};
+  const dir = mkdtempSync(join(tmpdir(), 'kap-ksm-'));
+  writeFileSync(
+    join(dir, 'ksm.conf'),
+    `[keystone_authtoken]
+auth_type = password
+auth_url = ${keystone.url}
+username = proxy
+password = proxy-secret
+user_domain_name = Default
+project_name = service
+project_domain_name = Default
+www_authenticate_uri = ${keystone.url}
+`,
+  );
+  const app = `import json
+BODY = json.dumps({'servers': [{'id': 'a1b2c3', 'name': 'vm-1', 'status': 'ACTIVE'}]}).encode()
+def app(environ, start_response):
+    start_response('200 OK', [('Content-Type', 'application/json'), ('Content-Length', str(len(BODY)))])
+    return [BODY]
+`;
+  writeFileSync(join(dir, 'plain.py'), `${app}application = app\n`);
+  writeFileSync(
+    join(dir, 'ksm.py'),
+    `${app}from keystonemiddleware.auth_token import AuthProtocol
+application = AuthProtocol(app, {'oslo_config_project': 'bench', 'oslo_config_file': '${join(dir, 'ksm.conf')}'})
+`,
+  );
+  const serve = async (file: string, port: number): Promise<string> => {
+    const child = spawn(
+      '/usr/bin/env',
+      [
+        '-i',
+        'PATH=/usr/sbin:/usr/bin:/sbin:/bin',
+        `HOME=${dir}`,
+        uwsgi,
+        '--plugins',
+        'python3,http',
+        '--http',
+        `127.0.0.1:${port}`,
+        '--http-keepalive',
+        '--processes',
+        '2',
+        '--lazy-apps',
+        '--master',
+        '--die-on-term',
+        '--disable-logging',
+        '--wsgi-file',
+        file,
+      ],
+      { stdio: 'ignore' },
+    );
+    children.push(child);
+    const url = `http://127.0.0.1:${port}`;
+    for (let i = 0; i < 100; i++) {
+      try {
+        await fetch(url, { headers: { 'x-auth-token': token } });
+        return url;
+      } catch {
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+    throw new Error(`uwsgi ${file} did not start`);
+  };
+  const plain = await serve(join(dir, 'plain.py'), 18_901);
+  const ksm = await serve(join(dir, 'ksm.py'), 18_902);
+  // Warm keystonemiddleware's per-worker cache: each of its 2 workers validates the token once.
+  for (let i = 0; i < 20; i++) await fetch(`${ksm}/v1`, { headers: { 'x-auth-token': token } });
+  const ours = await cli(keystone.url, plain, '');
+  const h = { 'X-Auth-Token': token };
+  return {
+    'wsgi app alone (uwsgi, 2 workers)': await wrk(`${plain}/v1`),
+    'keystonemiddleware + wsgi app, cached token': await wrk(`${ksm}/v1`, h),
+    'our sidecar (workers: auto) + wsgi app, cached token': await wrk(`${ours}/v1`, h),
+  };
+}
+
+async function main(): Promise<void> {
+  if (!existsSync(join(ROOT, 'dist', 'cli.js'))) throw new Error('run npm run build first');
+  const keystone = await startKeystoneEmulator();
+  const { users, projects, roles } = fixtures;
+  const issue = () =>
+    keystone.issueToken({ user: users.demo, scope: { project: projects.demo }, roles: [roles.member] });
+  const token = issue();
+  const upstream = await startChild(process.execPath, ['bench/servers/upstream.mjs'], /^(\d+)/m);
+  const bare = await cli(
+    keystone.url,
+    upstream,
+    'workers: 1\npublic_routes: [{ methods: ["*"], path: "/**" }]',
+  );
+  const one = await cli(keystone.url, upstream, 'workers: 1');
+  const two = await cli(keystone.url, upstream, 'workers: 2');
+  const h = { 'X-Auth-Token': token };
+  for (const base of [one, two]) for (let i = 0; i < 10; i++) await fetch(`${base}/v1`, { headers: h });
+  keystone.setFault('validate', { kind: 'delay', ms: KEYSTONE_LATENCY_MS });
+
+  const rows: Record<string, WrkResult> = {};
+  const run = async (name: string, work: () => Promise<WrkResult>): Promise<void> => {
+    if (ONLY !== undefined && !ONLY.some((o) => name.includes(o))) return;
+    rows[name] = await work();
+    process.stderr.write(`${name}: ${Math.round(rows[name]?.rps ?? 0)} req/s\n`);
+  };
+  await run('upstream directly', () => wrk(`${upstream}/v1`));
+  await run('bare forwarder (auth off, workers 1)', () => wrk(`${bare}/v1`));
+  await run('sidecar, cached token (workers 1)', () => wrk(`${one}/v1`, h));
+  await run('sidecar, cached token (workers 2)', () => wrk(`${two}/v1`, h));
+  const fresh = Array.from({ length: 30_000 }, issue);
+  await run('sidecar, distinct tokens: all misses, Keystone 20 ms (workers 1)', () =>
+    wrk(`${one}/v1`, {}, luaTokens(fresh.slice(0, 15_000), 0, token)),
+  );
+  await run('sidecar, invalid token, Keystone 20 ms (workers 1)', () =>
+    wrk(`${one}/v1`, { 'X-Auth-Token': 'gAAAAABinvalid-token' }),
+  );
+  await run('sidecar, mix 90% cached / 10% misses (workers 1)', () =>
+    wrk(`${one}/v1`, {}, luaTokens(fresh.slice(15_000), 0.9, token)),
+  );
+  keystone.setFault('validate', undefined);
+
+  for (const framework of ['express', 'node'] as const) {
+    for (const mode of ['bare', 'auth'] as const) {
+      await run(
+        `${framework} app, ${mode === 'auth' ? 'with our middleware, cached token' : 'no auth'}`,
+        async () => {
+          const app = await startChild(
+            process.execPath,
+            ['bench/servers/app.mjs', framework, mode, keystone.url],
+            /^(\d+)/m,
+          );
+          for (let i = 0; i < 5; i++) await fetch(`${app}/v1`, { headers: h });
+          return wrk(`${app}/v1`, h);
+        },
+      );
+    }
+  }
+  if (ONLY === undefined || ONLY.some((o) => o.includes('ksm')))
+    Object.assign(rows, await ksmRows(keystone, token));
+
+  const rps = (name: string) => rows[name]?.rps ?? Number.NaN;
+  const ratios: Record<string, number> = {
+    'sidecar cached / bare forwarder (target >= 0.95)':
+      rps('sidecar, cached token (workers 1)') / rps('bare forwarder (auth off, workers 1)'),
+    'p99 added by auth, ms (target < 1)':
+      (rows['sidecar, cached token (workers 1)']?.p99ms ?? Number.NaN) -
+      (rows['bare forwarder (auth off, workers 1)']?.p99ms ?? Number.NaN),
+    'express + middleware / express (target >= 0.95)':
+      rps('express app, with our middleware, cached token') / rps('express app, no auth'),
+    'node:http + handler / node:http (target >= 0.95)':
+      rps('node app, with our middleware, cached token') / rps('node app, no auth'),
+    'keystonemiddleware + app / app':
+      rps('keystonemiddleware + wsgi app, cached token') / rps('wsgi app alone (uwsgi, 2 workers)'),
+    'our sidecar / keystonemiddleware, same wsgi app (target >= 1)':
+      rps('our sidecar (workers: auto) + wsgi app, cached token') /
+      rps('keystonemiddleware + wsgi app, cached token'),
+    '2 workers / 1 worker (target >= 1.7 with an external load generator)':
+      rps('sidecar, cached token (workers 2)') / rps('sidecar, cached token (workers 1)'),
+  };
+
+  const machine = `${availableParallelism()} cores (${cpus()[0]?.model ?? '?'}), ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
+  const lines = [
+    `machine: ${machine}; wrk -t1 -c${CONNECTIONS} -d${SECONDS}s after 2 s of warm-up, sharing the cores`,
+    '',
+    '| scenario | req/s | p50 ms | p99 ms | non-2xx | socket errors |',
+    '|---|---|---|---|---|---|',
+    ...Object.entries(rows).map(
+      ([name, r]) =>
+        `| ${name} | ${Math.round(r.rps)} | ${r.p50ms.toFixed(2)} | ${r.p99ms.toFixed(2)} | ${r.non2xx} | ${r.errors} |`,
+    ),
+    '',
+    '| ratio | value |',
+    '|---|---|',
+    ...Object.entries(ratios).map(
+      ([name, value]) => `| ${name} | ${Number.isFinite(value) ? value.toFixed(2) : 'n/a'} |`,
+    ),
+  ];
+  console.log(lines.join('\n'));
+  mkdirSync(join(ROOT, 'bench', 'results'), { recursive: true });
+  writeFileSync(
+    join(ROOT, 'bench', 'results', 'bench.json'),
+    `${JSON.stringify({ date: new Date().toISOString(), machine, seconds: SECONDS, rows, ratios }, null, 2)}\n`,
+  );
+  await keystone.close();
+}
+
+main()
+  .catch((error: unknown) => {
+    console.error(error);
+    process.exitCode = 1;
+  })
+  .finally(() => {
+    for (const child of children) child.kill('SIGTERM');
+  });

@@ -87,6 +87,33 @@ export interface ParseOptions {
   readonly renderCatalog: boolean;
 }
 
+/**
+ * Identities repeat their domains, projects, roles and methods: one copy of each such string (and of each role
+ * list) serves every cached identity. Bounded, so hostile variety cannot grow it without limit.
+ */
+const interned = new Map<string, string>();
+const internedLists = new Map<string, readonly string[]>();
+const MAX_INTERNED = 20_000;
+
+function intern(value: string | undefined, maxLength = 128): string | undefined {
+  if (value === undefined || value.length > maxLength) return value;
+  const known = interned.get(value);
+  if (known !== undefined) return known;
+  if (interned.size >= MAX_INTERNED) interned.clear();
+  interned.set(value, value);
+  return value;
+}
+
+function internList(values: string[]): readonly string[] {
+  const key = values.join('\u0000');
+  const known = internedLists.get(key);
+  if (known !== undefined) return known;
+  if (internedLists.size >= MAX_INTERNED) internedLists.clear();
+  const list = Object.freeze(values.map((value) => intern(value) as string));
+  internedLists.set(key, list);
+  return list;
+}
+
 export function parseTokenBody(body: unknown, options: ParseOptions): TokenInfo {
   const token = obj(obj(body)?.token);
   if (token === undefined) throw new MalformedTokenBodyError('body has no token object');
@@ -103,39 +130,75 @@ export function parseTokenBody(body: unknown, options: ParseOptions): TokenInfo 
   const trust = obj(token['OS-TRUST:trust']);
   const catalog = Array.isArray(token.catalog) ? token.catalog : undefined;
   const bindRaw = obj(token.bind);
+  const strings = (values: unknown[]): string[] => values.filter((v): v is string => typeof v === 'string');
 
-  const info: Omit<TokenInfo, 'sizeBytes'> = {
+  const userName = str(user?.name);
+  const userDomainId = intern(str(userDomain?.id));
+  const userDomainName = intern(str(userDomain?.name));
+  const projectId = intern(str(project?.id));
+  const projectName = intern(str(project?.name));
+  const projectDomainId = intern(str(projectDomain?.id));
+  const projectDomainName = intern(str(projectDomain?.name));
+  const domainId = intern(str(domain?.id));
+  const domainName = intern(str(domain?.name));
+  const roleNames = internList(strings(roles.map((role) => role?.name)));
+  const roleIds = internList(strings(roles.map((role) => role?.id)));
+  const expiresAtMs = parseTime(token.expires_at, 'expires_at');
+  const issuedAtMs = token.issued_at === undefined ? 0 : parseTime(token.issued_at, 'issued_at');
+  const auditIds = Object.freeze(Array.isArray(token.audit_ids) ? strings(token.audit_ids) : []);
+  const methods = internList(Array.isArray(token.methods) ? strings(token.methods) : []);
+  const appCredId = str(appCred?.id);
+  const accessRules = parseAccessRules(appCred?.access_rules);
+  const catalogTypes =
+    catalog === undefined ? undefined : internList(strings(catalog.map((service) => obj(service)?.type)));
+  // Tokens of one project (often of a whole region) carry the same catalog: keep one copy of its rendering.
+  const catalogHeader =
+    catalog !== undefined && options.renderCatalog ? intern(renderV2Catalog(catalog), 64 * 1024) : undefined;
+  const bind =
+    bindRaw === undefined
+      ? undefined
+      : Object.freeze(Object.fromEntries(Object.entries(bindRaw).map(([kind, id]) => [kind, String(id)])));
+  const trustId = str(trust?.id);
+  // Shared (interned) strings and lists are not counted: they are paid once for all entries.
+  const sizeBytes = estimateSize([
     userId,
-    userName: str(user?.name),
-    userDomainId: str(userDomain?.id),
-    userDomainName: str(userDomain?.name),
-    projectId: str(project?.id),
-    projectName: str(project?.name),
-    projectDomainId: str(projectDomain?.id),
-    projectDomainName: str(projectDomain?.name),
-    domainId: str(domain?.id),
-    domainName: str(domain?.name),
+    userName,
+    auditIds,
+    appCredId,
+    accessRules,
+    catalogHeader,
+    bind,
+    trustId,
+  ]);
+
+  // One object literal: copying into a new object (spread) would put 26 properties in dictionary mode, 4x the size.
+  return Object.freeze({
+    userId,
+    userName,
+    userDomainId,
+    userDomainName,
+    projectId,
+    projectName,
+    projectDomainId,
+    projectDomainName,
+    domainId,
+    domainName,
     systemAll: system?.all === true,
-    roleNames: roles.map((role) => str(role?.name)).filter((name): name is string => name !== undefined),
-    roleIds: roles.map((role) => str(role?.id)).filter((id): id is string => id !== undefined),
+    roleNames,
+    roleIds,
     isAdminProject: typeof token.is_admin_project === 'boolean' ? token.is_admin_project : true,
-    expiresAtMs: parseTime(token.expires_at, 'expires_at'),
-    issuedAtMs: token.issued_at === undefined ? 0 : parseTime(token.issued_at, 'issued_at'),
-    auditIds: Array.isArray(token.audit_ids) ? token.audit_ids.filter((id) => typeof id === 'string') : [],
-    methods: Array.isArray(token.methods) ? token.methods.filter((m) => typeof m === 'string') : [],
-    appCredId: str(appCred?.id),
-    accessRules: parseAccessRules(appCred?.access_rules),
-    catalogTypes: catalog
-      ?.map((service) => str(obj(service)?.type))
-      .filter((t): t is string => t !== undefined),
-    catalogHeader: catalog !== undefined && options.renderCatalog ? renderV2Catalog(catalog) : undefined,
-    bind:
-      bindRaw === undefined
-        ? undefined
-        : Object.fromEntries(Object.entries(bindRaw).map(([kind, id]) => [kind, String(id)])),
-    trustId: str(trust?.id),
-  };
-  return Object.freeze({ ...info, sizeBytes: estimateSize(info) });
+    expiresAtMs,
+    issuedAtMs,
+    auditIds,
+    methods,
+    appCredId,
+    accessRules,
+    catalogTypes,
+    catalogHeader,
+    bind,
+    trustId,
+    sizeBytes,
+  });
 }
 
 /**
@@ -186,11 +249,12 @@ function asciiJsonString(text: string): string {
   );
 }
 
-// Strings cost about 2 bytes per char plus a header; objects and arrays about 16 bytes per slot.
-function estimateSize(info: Omit<TokenInfo, 'sizeBytes'>): number {
-  let bytes = 64 + 16 * Object.keys(info).length;
+// The object itself about 240 bytes; strings about 16 bytes plus one per character (one-byte strings), arrays and
+// objects about 16 bytes plus 8 per slot.
+function estimateSize(values: readonly unknown[]): number {
+  let bytes = 240;
   const add = (value: unknown): void => {
-    if (typeof value === 'string') bytes += 16 + 2 * value.length;
+    if (typeof value === 'string') bytes += 16 + value.length;
     else if (Array.isArray(value)) {
       bytes += 16 + 8 * value.length;
       for (const item of value) add(item);
@@ -201,6 +265,6 @@ function estimateSize(info: Omit<TokenInfo, 'sizeBytes'>): number {
       }
     }
   };
-  for (const value of Object.values(info)) add(value);
+  for (const value of values) add(value);
   return bytes;
 }

@@ -144,6 +144,31 @@ describe('parseTokenBody rejects bodies it cannot trust', () => {
       { token: { user: { id: 'u'.repeat(1000) }, expires_at: '2030-01-01T00:00:00Z' } },
       { renderCatalog: false },
     );
-    expect(big.sizeBytes - small.sizeBytes).toBeGreaterThanOrEqual(1998);
+    expect(big.sizeBytes - small.sizeBytes).toBeGreaterThanOrEqual(999);
+  });
+});
+
+describe('memory sharing between identities', () => {
+  it('identities of one project share their role list and catalog rendering', async () => {
+    const { fixtureTokenBody } = await import('../../../src/testing.js');
+    const catalog = [
+      { type: 'compute', name: 'nova', endpoints: [{ interface: 'public', url: 'http://n', region: 'R' }] },
+    ];
+    const a = parseTokenBody(
+      JSON.parse(JSON.stringify(fixtureTokenBody({ userId: 'a', roles: ['member'], catalog }))),
+      {
+        renderCatalog: true,
+      },
+    );
+    const b = parseTokenBody(
+      JSON.parse(JSON.stringify(fixtureTokenBody({ userId: 'b', roles: ['member'], catalog }))),
+      {
+        renderCatalog: true,
+      },
+    );
+    expect(a.roleNames).toBe(b.roleNames);
+    expect(a.catalogHeader).toBe(b.catalogHeader);
+    expect(a.userId).not.toBe(b.userId);
+    expect(Object.isFrozen(a) && Object.isFrozen(a.roleNames)).toBe(true);
   });
 });

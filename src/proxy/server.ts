@@ -81,9 +81,38 @@ function listen(server: Server, host: string, port: number): Promise<string> {
   });
 }
 
+/**
+ * Runs `done` once the exchange is over: when the response closes, or when its connection does (a pipelined
+ * request whose connection closed before its turn never gets a response 'close').
+ */
+function onceOver(res: ServerResponse, done: () => void): void {
+  let over = false;
+  const socket = res.req.socket;
+  const finish = (): void => {
+    if (over) return;
+    over = true;
+    socket.off('close', finish);
+    done();
+  };
+  res.once('close', finish);
+  socket.once('close', finish);
+}
+
+/**
+ * The idle deadline is for silent clients: a request whose body has arrived and whose answer the upstream is
+ * still preparing is governed by upstream.response_timeout_seconds instead.
+ */
+function onIdle(socket: Socket): void {
+  const res = (socket as Socket & { _httpMessage?: ServerResponse })._httpMessage;
+  if (res !== undefined && res !== null && !res.headersSent && res.req.complete) return;
+  socket.destroy();
+}
+
 /** Malformed requests, oversized heads and slow clients get a JSON answer too, never a bare close. */
 function answerClientError(error: NodeJS.ErrnoException, socket: Duplex): void {
-  if (!socket.writable || (socket as Socket).writableEnded) {
+  const current = (socket as Duplex & { _httpMessage?: ServerResponse })._httpMessage;
+  // Never write an answer into a response that has begun (a pipelined garbage request behind a streaming one).
+  if (!socket.writable || (socket as Socket).writableEnded || current?.headersSent === true) {
     socket.destroy();
     return;
   }
@@ -131,7 +160,7 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
   const idle: (() => void)[] = [];
   const track = (res: ServerResponse): void => {
     inFlight++;
-    res.once('close', () => {
+    onceOver(res, () => {
       inFlight--;
       if (inFlight === 0) for (const wake of idle.splice(0)) wake();
     });
@@ -146,7 +175,7 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
   ): void => {
     const started = performance.now();
     const done = metrics?.requestStarted();
-    res.once('close', () => {
+    onceOver(res, () => {
       done?.();
       const seconds = (performance.now() - started) / 1000;
       const status = res.headersSent ? res.statusCode : 0;
@@ -297,6 +326,11 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
   const serverOptions = {
     maxHeaderSize: config.limits.max_header_bytes,
     headersTimeout: config.limits.headers_timeout_seconds * 1000,
+    // Node checks the head deadline only this often (30 s by default): check often enough to keep it.
+    connectionsCheckingInterval: Math.min(
+      1_000,
+      Math.max(100, (config.limits.headers_timeout_seconds * 1000) / 4),
+    ),
     // Uploads of images may take long; a whole-request deadline would cut them. Idle sockets are closed instead.
     requestTimeout: 0,
   };
@@ -310,7 +344,17 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
   if (config.listen !== undefined && forwarder !== undefined) {
     proxyServer = createServer(serverOptions, handle);
     proxyServer.keepAliveTimeout = 5_000;
-    proxyServer.setTimeout(config.limits.idle_timeout_seconds * 1000, (socket: Socket) => socket.destroy());
+    proxyServer.setTimeout(config.limits.idle_timeout_seconds * 1000, onIdle);
+    // CONNECT would make this an open proxy: refuse it with an answer, not a bare close.
+    proxyServer.on('connect', (_req: IncomingMessage, socket: Duplex) => {
+      socket.on('error', () => socket.destroy());
+      socket.end(
+        rawResponse(
+          errorResponse(405, 'Method Not Allowed', 'CONNECT is not supported.'),
+          'Method Not Allowed',
+        ),
+      );
+    });
     proxyServer.on('upgrade', handleUpgrade);
     // Node would answer `Expect: 100-continue` before authentication and invite a rejected upload: decide first.
     proxyServer.on('checkContinue', handle);

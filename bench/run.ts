@@ -55,8 +55,8 @@ async function wrk(url: string, headers: Record<string, string> = {}, script?: s
   const errors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(stdout);
   return {
     rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1]),
-    p50ms: ms(/50%\s+(\S+)/.exec(stdout)?.[1]),
-    p99ms: ms(/99%\s+(\S+)/.exec(stdout)?.[1]),
+    p50ms: ms(/^\s*50(?:\.0+)?%\s+(\S+)/m.exec(stdout)?.[1]),
+    p99ms: ms(/^\s*99(?:\.0+)?%\s+(\S+)/m.exec(stdout)?.[1]),
     non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(stdout)?.[1] ?? 0),
     errors: errors ? errors.slice(1).reduce((a, b) => a + Number(b), 0) : 0,
   };
@@ -82,11 +82,16 @@ function startChild(
     const onData = (chunk: Buffer): void => {
       out += chunk.toString();
       const found = match.exec(out);
-      if (found?.[1]) resolve(found[1].startsWith('http') ? found[1] : `http://127.0.0.1:${found[1]}`);
+      if (found?.[1]) {
+        // Stop reading what it prints (access logs): the driver must not spend the cores it is measuring.
+        child.stdout?.off('data', onData);
+        child.stdout?.resume();
+        resolve(found[1].startsWith('http') ? found[1] : `http://127.0.0.1:${found[1]}`);
+      }
     };
     child.stdout?.on('data', onData);
     child.stderr?.on('data', (chunk: Buffer) => {
-      out += chunk.toString();
+      if (out.length < 100_000) out += chunk.toString();
     });
     child.once('exit', (code) => reject(new Error(`${command} exited ${code}: ${out.slice(-500)}`)));
   });

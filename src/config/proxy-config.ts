@@ -136,6 +136,12 @@ export const proxyConfigSchema = z
     limits: z
       .object({
         max_header_bytes: bytes.default(16_384).describe('Largest request head accepted (431 beyond).'),
+        max_body_bytes: numberLike
+          .pipe(z.number().int().min(0))
+          .default(0)
+          .describe(
+            'Largest request body accepted (413 beyond); 0: no limit (image uploads can be gigabytes).',
+          ),
         headers_timeout_seconds: positiveSeconds
           .default(60)
           .describe('Most time a client may take to send the request head (408 after).'),
@@ -144,7 +150,12 @@ export const proxyConfigSchema = z
           .describe('A client connection silent this long is closed (bodies may stream for longer).'),
       })
       .strict()
-      .default({ max_header_bytes: 16_384, headers_timeout_seconds: 60, idle_timeout_seconds: 300 }),
+      .default({
+        max_header_bytes: 16_384,
+        max_body_bytes: 0,
+        headers_timeout_seconds: 60,
+        idle_timeout_seconds: 300,
+      }),
   })
   .strict();
 

@@ -5,7 +5,7 @@
  */
 import { Agent as HttpAgent, type IncomingMessage, type ServerResponse } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
-import type { Duplex } from 'node:stream';
+import { type Duplex, Transform } from 'node:stream';
 import { createProxyServer } from 'httpxy';
 
 export type UpstreamFailure = 'connect_refused' | 'connect_timeout' | 'reset' | 'response_timeout' | 'other';
@@ -19,6 +19,8 @@ export interface ForwarderOptions {
   readonly wwwAuthenticate: string;
   /** True while the proxy drains: answers then say `Connection: close`, so clients stop reusing connections. */
   readonly draining?: () => boolean;
+  /** Bodies without a declared length are counted as they stream and cut past this (413); 0: no limit. */
+  readonly maxBodyBytes?: number;
 }
 
 export interface Forwarder {
@@ -29,7 +31,7 @@ export interface Forwarder {
   web(
     req: IncomingMessage,
     res: ServerResponse,
-    onFailure: (failure: UpstreamFailure, status: 502 | 504) => void,
+    onFailure: (failure: UpstreamFailure, status: 502 | 504 | 413) => void,
   ): void;
   /** Forwards a WebSocket upgrade; the socket is destroyed on failure. */
   ws(req: IncomingMessage, socket: Duplex, head: Buffer, onFailure: (failure: UpstreamFailure) => void): void;
@@ -132,17 +134,45 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
   return {
     web(req, res, onFailure) {
       let reported = false;
-      proxy.web(req, res, {}, undefined).catch((error: unknown) => {
-        if (reported) return;
-        reported = true;
-        const failure = failureOf(error, (req as unknown as Tracked)[kTimedOut]);
-        if (res.headersSent) {
-          // The response already started: all that can be done is cut it, so the client sees a broken body.
-          res.destroy();
-          return;
-        }
-        onFailure(failure, failure === 'connect_timeout' || failure === 'response_timeout' ? 504 : 502);
-      });
+      const max = options.maxBodyBytes ?? 0;
+      let counted: Transform | undefined;
+      if (
+        max > 0 &&
+        req.headers['content-length'] === undefined &&
+        req.headers['transfer-encoding'] !== undefined
+      ) {
+        // Only bodies without a declared length need counting; a declared one was checked before.
+        let received = 0;
+        counted = new Transform({
+          transform(chunk: Buffer, _encoding, callback) {
+            received += chunk.length;
+            if (received > max)
+              callback(Object.assign(new Error('request body too large'), { code: 'KAP_TOO_LARGE' }));
+            else callback(null, chunk);
+          },
+        });
+        req.pipe(counted);
+        counted.on('error', () => {
+          if (reported) return;
+          reported = true;
+          req.destroy();
+          if (res.headersSent) res.destroy();
+          else onFailure('other', 413);
+        });
+      }
+      proxy
+        .web(req, res, counted === undefined ? {} : { buffer: counted }, undefined)
+        .catch((error: unknown) => {
+          if (reported) return;
+          reported = true;
+          const failure = failureOf(error, (req as unknown as Tracked)[kTimedOut]);
+          if (res.headersSent) {
+            // The response already started: all that can be done is cut it, so the client sees a broken body.
+            res.destroy();
+            return;
+          }
+          onFailure(failure, failure === 'connect_timeout' || failure === 'response_timeout' ? 504 : 502);
+        });
     },
     ws(req, socket, head, onFailure) {
       proxy.ws(req, socket as never, {}, head).catch((error: unknown) => {

@@ -153,6 +153,7 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
           insecure: upstream.insecure,
           wwwAuthenticate: authenticator.wwwAuthenticate,
           draining: () => draining,
+          maxBodyBytes: config.limits.max_body_bytes,
         });
 
   let draining = false;
@@ -219,10 +220,29 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
       res.writeContinue();
     }
     forwarder?.web(req, res, (failure, status) => {
+      if (status === 413) {
+        res.setHeader('Connection', 'close');
+        respond(
+          req,
+          res,
+          errorResponse(413, 'Content Too Large', `The request body exceeds ${maxBody} bytes.`),
+        );
+        return;
+      }
       state.upstreamFailure = failure;
       metrics?.upstreamError(failure);
       respond(req, res, errorResponse(status, REASONS[status] ?? 'Error', UPSTREAM_MESSAGES[failure]));
     });
+  };
+
+  /** limits.max_body_bytes: a declared Content-Length over it is refused before anything else (the forwarder
+   * counts bodies without a length as they stream). */
+  const maxBody = config.limits.max_body_bytes;
+  const tooLarge = (req: IncomingMessage, res: ServerResponse): boolean => {
+    if (maxBody <= 0 || Number(req.headers['content-length'] ?? 0) <= maxBody) return false;
+    res.setHeader('Connection', 'close');
+    respond(req, res, errorResponse(413, 'Content Too Large', `The request body exceeds ${maxBody} bytes.`));
+    return true;
   };
 
   const handle = (req: IncomingMessage, res: ServerResponse): void => {
@@ -242,6 +262,7 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
       respond(req, res, errorResponse(400, 'Bad Request', 'The request target must be a path.'));
       return;
     }
+    if (tooLarge(req, res)) return;
     const path = requestPath(req.url);
     if (isPublic(req.method ?? 'GET', path)) {
       state.decision = 'public';

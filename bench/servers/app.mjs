@@ -32,3 +32,5 @@ if (framework === 'express') {
 }
 server.keepAliveTimeout = 60_000;
 server.listen(0, '127.0.0.1', () => console.log(server.address().port));
+// A clean exit on SIGINT lets --cpu-prof write its profile.
+process.on('SIGINT', () => process.exit(0));

@@ -229,6 +229,7 @@ export function createAuthenticator(input: AuthOptionsInput, deps: AuthDependenc
   };
   const unauthorized = unauthorizedResponse(wwwAuthenticateUri);
 
+  const confirmedOnly = new WeakMap<TokenInfo, { headers: readonly HeaderPair[]; context: AuthContext }>();
   const toOutcome = (decision: Decision, facts: OutcomeFacts): AuthOutcome => {
     switch (decision.action) {
       case 'reject':
@@ -243,6 +244,25 @@ export function createAuthenticator(input: AuthOptionsInput, deps: AuthDependenc
         };
       case 'forward': {
         const { user, service } = decision;
+        // The common case (a confirmed user token alone) gives the same headers for every request of that
+        // identity: build them once per cached identity.
+        if (service === undefined && user.status === 'Confirmed' && user.info !== undefined) {
+          let built = confirmedOnly.get(user.info);
+          if (built === undefined) {
+            built = {
+              headers: Object.freeze(
+                identityHeaders({
+                  userStatus: 'Confirmed',
+                  user: user.info,
+                  includeServiceCatalog: options.includeServiceCatalog,
+                }),
+              ),
+              context: contextOf(user, undefined),
+            };
+            confirmedOnly.set(user.info, built);
+          }
+          return { ...facts, action: 'forward', headers: built.headers, context: built.context };
+        }
         const headers = identityHeaders({
           userStatus: user.status,
           serviceStatus: service?.status,

@@ -111,3 +111,8 @@ export function runCli(
     child.on('exit', (code) => resolve({ code, stdout, stderr }));
   });
 }
+
+/** One process (no cluster): the CLI's pid is the process that serves, and its state is one state. */
+export function singleProcess(yaml: string): string {
+  return `workers: 1\n${yaml}`;
+}

@@ -9,7 +9,7 @@ import { connect } from 'node:net';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IDENTITY_HEADERS, isIdentityHeader, normalizeHeaderName } from '../../src/identity/headers.js';
-import { type CliRun, cliBuilt, runCli, startCli, writeConfig } from '../helpers/cli.js';
+import { type CliRun, cliBuilt, singleProcess, startCli, writeConfig } from '../helpers/cli.js';
 import { listen, type Running } from '../helpers/http.js';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../helpers/keystone-emulator.js';
 
@@ -43,17 +43,6 @@ limits: { max_header_bytes: ${MAX_HEADER_BYTES}, headers_timeout_seconds: 1, idl
 shutdown: { grace_period_seconds: 2 }
 log: { level: info }
 `;
-}
-
-/**
- * `workers` (node:cluster, default auto) is new in this build: pin one process where the option exists, so
- * the CLI's pid is the process that serves (and its state is one state). Without the option, the YAML is
- * unchanged.
- */
-async function singleProcess(yaml: string): Promise<string> {
-  const pinned = `workers: 1\n${yaml}`;
-  const { code } = await runCli(['--check-config', '--config', writeConfig(pinned)], ENV);
-  return code === 0 ? pinned : yaml;
 }
 
 // -----------------------------------------------------------------------------------------------------------
@@ -288,8 +277,8 @@ describe.skipIf(!cliBuilt())('hostile clients (real CLI)', () => {
     keystone = await startKeystoneEmulator();
     upstream = await recordingUpstream(received);
     const yaml = (delay: boolean) => singleProcess(configYaml(keystone.url, upstream.url, delay));
-    proxy = await startCli(['--config', writeConfig(await yaml(false))], ENV);
-    delayed = await startCli(['--config', writeConfig(await yaml(true))], ENV);
+    proxy = await startCli(['--config', writeConfig(yaml(false))], ENV);
+    delayed = await startCli(['--config', writeConfig(yaml(true))], ENV);
     token = keystone.issueToken({
       user: users.demo,
       scope: { project: projects.demo },

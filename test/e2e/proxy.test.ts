@@ -2,13 +2,13 @@
  * The real CLI (dist/cli.js) as a child process with a YAML file, in front of an upstream, against the Keystone
  * emulator: the paths a client can take through the sidecar, its admin endpoints, and its shutdown.
  */
-import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { UNAUTHORIZED_BODY } from '../../src/http/responses.js';
 import { type CliRun, cliBuilt, runCli, startCli, writeConfig } from '../helpers/cli.js';
 import { listen, type Running } from '../helpers/http.js';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../helpers/keystone-emulator.js';
+import { peakRssMb, rssKb } from '../helpers/process-memory.js';
 import { createUpstream, type UpstreamStats } from '../helpers/upstream.js';
 
 const { users, projects, roles } = fixtures;
@@ -38,11 +38,6 @@ ${extra}`;
 }
 
 const ENV = { TEST_PROXY_PASSWORD: users.proxy.password as string };
-
-function rssKb(pid: number): number {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
-}
 
 function raw(url: string, text: string): Promise<string> {
   const { hostname, port } = new URL(url);
@@ -265,20 +260,9 @@ describe.skipIf(!cliBuilt())('sidecar end to end (real CLI)', () => {
       for await (const piece of down.body as unknown as AsyncIterable<Uint8Array>) received += piece.length;
       expect(received).toBe(mb * 1024 * 1024);
     };
-    // RSS swings by ±15 MB with garbage collection, so compare peaks: the peak while streaming 200 MB after a
-    // warm-up of the same size must not exceed the warm-up's peak by more than a few MB (buffering adds 100 MB).
-    const peak = async (work: () => Promise<void>): Promise<number> => {
-      let max = rssKb(pid);
-      const sampler = setInterval(() => {
-        max = Math.max(max, rssKb(pid));
-      }, 10);
-      try {
-        await work();
-      } finally {
-        clearInterval(sampler);
-      }
-      return Math.max(max, rssKb(pid)) / 1024;
-    };
+    // Peaks, not samples (see peakRssMb): streaming 200 MB after a warm-up of the same size must not raise the
+    // peak by more than a few MB (buffering adds 100 MB).
+    const peak = (work: () => Promise<void>): Promise<number> => peakRssMb(pid, work);
     const startMb = rssKb(pid) / 1024;
     const warm = await peak(() => transfer(100));
     const measured = await peak(async () => {

@@ -16,6 +16,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type CliRun, cliBuilt, singleProcess, startCli, writeConfig } from '../helpers/cli.js';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../helpers/keystone-emulator.js';
+import { peakRssMb, rssKb } from '../helpers/process-memory.js';
 
 const { users, projects, roles } = fixtures;
 const ENV = { TEST_PROXY_PASSWORD: users.proxy.password as string };
@@ -220,10 +221,6 @@ function socketsOf(pid: number): { count: number; tcp: TcpSocket[] } {
   return { count: inodes.size, tcp };
 }
 
-function rssKb(pid: number): number {
-  return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
-}
-
 async function gauge(adminUrl: string, name: string): Promise<number> {
   const text = (await get(`${adminUrl}/metrics`)).body.toString();
   const line = text.split('\n').find((l) => l.startsWith(`${name} `));
@@ -351,19 +348,8 @@ describe.skipIf(!cliBuilt())('upstream faults (real CLI)', () => {
       expect(answer.bytes).toBe(mb * MB);
       expect(answer.complete).toBe(true);
     };
-    // Peaks, not samples: RSS swings with garbage collection (see test/e2e/proxy.test.ts).
-    const peak = async (work: () => Promise<void>): Promise<number> => {
-      let max = rssKb(pid);
-      const sampler = setInterval(() => {
-        max = Math.max(max, rssKb(pid));
-      }, 10);
-      try {
-        await work();
-      } finally {
-        clearInterval(sampler);
-      }
-      return Math.max(max, rssKb(pid)) / 1024;
-    };
+    // Peaks, not samples (see peakRssMb).
+    const peak = (work: () => Promise<void>): Promise<number> => peakRssMb(pid, work);
     const startMb = rssKb(pid) / 1024;
     const warm = await peak(() => transfer(100));
     const measured = await peak(() => transfer(300));

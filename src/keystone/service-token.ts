@@ -118,12 +118,6 @@ export class ServiceTokenProvider {
     return this.#pending;
   }
 
-  /** The last token obtained, if still valid (for readiness checks). */
-  peek(): ServiceToken | undefined {
-    const current = this.#current;
-    return current !== undefined && current.expiresAtMs > this.#options.now() ? current : undefined;
-  }
-
   /** Keystone said this token is no longer good: drop it unless another caller already replaced it. */
   invalidate(token: string): void {
     if (this.#current?.token === token) this.#current = undefined;

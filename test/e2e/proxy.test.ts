@@ -5,7 +5,15 @@
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { UNAUTHORIZED_BODY } from '../../src/http/responses.js';
-import { type CliRun, cliBuilt, runCli, startCli, writeConfig } from '../helpers/cli.js';
+import {
+  type CliRun,
+  cliBuilt,
+  runCli,
+  sidecarYaml,
+  singleProcess,
+  startCli,
+  writeConfig,
+} from '../helpers/cli.js';
 import { listen, type Running } from '../helpers/http.js';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../helpers/keystone-emulator.js';
 import { peakRssMb, rssKb } from '../helpers/process-memory.js';
@@ -14,27 +22,14 @@ import { createUpstream, type UpstreamStats } from '../helpers/upstream.js';
 const { users, projects, roles } = fixtures;
 
 function configYaml(keystoneUrl: string, upstreamUrl: string, extra = ''): string {
-  return `
-workers: 1
-listen: { host: 127.0.0.1, port: 0 }
-upstream: { url: "${upstreamUrl}", response_timeout_seconds: 1, connect_timeout_seconds: 1 }
-admin_listen: { host: 127.0.0.1, port: 0 }
-keystone_authtoken:
-  www_authenticate_uri: "http://keystone.example:5000"
-  auth_url: "${keystoneUrl}"
-  auth_type: password
-  username: proxy
-  password: "\${TEST_PROXY_PASSWORD}"
-  user_domain_name: Default
-  project_name: service
-  project_domain_name: Default
-  service_type: echo
-  http_request_timeout_seconds: 1
-public_routes:
+  const rest = `public_routes:
   - { methods: [GET, HEAD], path: / }
 forward_auth: { enabled: true, path: /auth }
 log: { level: info }
 ${extra}`;
+  return singleProcess(
+    sidecarYaml({ keystoneUrl, upstreamUrl, responseTimeoutSeconds: 1, keystoneTimeoutSeconds: 1, rest }),
+  );
 }
 
 const ENV = { TEST_PROXY_PASSWORD: users.proxy.password as string };

@@ -116,3 +116,37 @@ export function runCli(
 export function singleProcess(yaml: string): string {
   return `workers: 1\n${yaml}`;
 }
+
+export interface SidecarYamlOptions {
+  readonly keystoneUrl: string;
+  readonly upstreamUrl: string;
+  readonly responseTimeoutSeconds: number;
+  readonly keystoneTimeoutSeconds: number;
+  /** More `keystone_authtoken` options, one `key: value` per line. */
+  readonly authtoken?: readonly string[];
+  /** More top-level YAML, as is. */
+  readonly rest?: string;
+}
+
+/**
+ * The sidecar config the end-to-end and security suites share: loopback listeners on free ports, the emulator's
+ * service user (password from TEST_PROXY_PASSWORD), service_type echo.
+ */
+export function sidecarYaml(o: SidecarYamlOptions): string {
+  const extra = (o.authtoken ?? []).map((line) => `  ${line}\n`).join('');
+  return `
+listen: { host: 127.0.0.1, port: 0 }
+upstream: { url: "${o.upstreamUrl}", response_timeout_seconds: ${o.responseTimeoutSeconds}, connect_timeout_seconds: 1 }
+admin_listen: { host: 127.0.0.1, port: 0 }
+keystone_authtoken:
+  www_authenticate_uri: "http://keystone.example:5000"
+  auth_url: "${o.keystoneUrl}"
+  username: proxy
+  password: "\${TEST_PROXY_PASSWORD}"
+  user_domain_name: Default
+  project_name: service
+  project_domain_name: Default
+  service_type: echo
+  http_request_timeout_seconds: ${o.keystoneTimeoutSeconds}
+${extra}${o.rest ?? ''}`;
+}

@@ -9,7 +9,7 @@ import { connect } from 'node:net';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { IDENTITY_HEADERS, isIdentityHeader, normalizeHeaderName } from '../../src/identity/headers.js';
-import { type CliRun, cliBuilt, singleProcess, startCli, writeConfig } from '../helpers/cli.js';
+import { type CliRun, cliBuilt, sidecarYaml, singleProcess, startCli, writeConfig } from '../helpers/cli.js';
 import { listen, type Running } from '../helpers/http.js';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../helpers/keystone-emulator.js';
 
@@ -20,22 +20,7 @@ const MAX_HEADER_BYTES = 8192;
 const SPOOF = 'spoofed-by-client';
 
 function configYaml(keystoneUrl: string, upstreamUrl: string, delay: boolean): string {
-  return `
-listen: { host: 127.0.0.1, port: 0 }
-upstream: { url: "${upstreamUrl}", response_timeout_seconds: 5, connect_timeout_seconds: 1 }
-admin_listen: { host: 127.0.0.1, port: 0 }
-keystone_authtoken:
-  www_authenticate_uri: "http://keystone.example:5000"
-  auth_url: "${keystoneUrl}"
-  username: proxy
-  password: "\${TEST_PROXY_PASSWORD}"
-  user_domain_name: Default
-  project_name: service
-  project_domain_name: Default
-  service_type: echo
-  http_request_timeout_seconds: 2
-  delay_auth_decision: ${delay}
-public_routes:
+  const rest = `public_routes:
   - { methods: [GET, HEAD], path: / }
   - { methods: ["*"], path: "/public/**" }
 limits: { max_header_bytes: ${MAX_HEADER_BYTES}, headers_timeout_seconds: 1, idle_timeout_seconds: 1 }
@@ -43,6 +28,14 @@ limits: { max_header_bytes: ${MAX_HEADER_BYTES}, headers_timeout_seconds: 1, idl
 shutdown: { grace_period_seconds: 2 }
 log: { level: info }
 `;
+  return sidecarYaml({
+    keystoneUrl,
+    upstreamUrl,
+    responseTimeoutSeconds: 5,
+    keystoneTimeoutSeconds: 2,
+    authtoken: [`delay_auth_decision: ${delay}`],
+    rest,
+  });
 }
 
 // -----------------------------------------------------------------------------------------------------------

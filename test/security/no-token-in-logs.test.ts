@@ -11,7 +11,7 @@ import { randomUUID } from 'node:crypto';
 import { get as httpGet } from 'node:http';
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, cliBuilt, ROOT, singleProcess, writeConfig } from '../helpers/cli.js';
+import { CLI, cliBuilt, ROOT, sidecarYaml, singleProcess, writeConfig } from '../helpers/cli.js';
 import { listen, type Running } from '../helpers/http.js';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../helpers/keystone-emulator.js';
 import { createUpstream } from '../helpers/upstream.js';
@@ -21,30 +21,25 @@ const PASSWORD = users.proxy.password as string;
 const ENV = { TEST_PROXY_PASSWORD: PASSWORD };
 
 function configYaml(keystoneUrl: string, upstreamUrl: string): string {
-  return `
-listen: { host: 127.0.0.1, port: 0 }
-upstream: { url: "${upstreamUrl}", response_timeout_seconds: 1, connect_timeout_seconds: 1 }
-admin_listen: { host: 127.0.0.1, port: 0 }
-keystone_authtoken:
-  www_authenticate_uri: "http://keystone.example:5000"
-  auth_url: "${keystoneUrl}"
-  username: proxy
-  password: "\${TEST_PROXY_PASSWORD}"
-  user_domain_name: Default
-  project_name: service
-  project_domain_name: Default
-  service_type: echo
-  http_request_timeout_seconds: 1
-  circuit_breaker_failure_threshold: 3
-  circuit_breaker_open_seconds: 1
-  stale_if_error_seconds: 30
-public_routes:
+  const rest = `public_routes:
   - { methods: [GET, HEAD], path: / }
 forward_auth: { enabled: true, path: /auth }
 limits: { max_header_bytes: 8192, headers_timeout_seconds: 1, idle_timeout_seconds: 2 }
 shutdown: { grace_period_seconds: 2 }
 log: { level: trace }
 `;
+  return sidecarYaml({
+    keystoneUrl,
+    upstreamUrl,
+    responseTimeoutSeconds: 1,
+    keystoneTimeoutSeconds: 1,
+    authtoken: [
+      'circuit_breaker_failure_threshold: 3',
+      'circuit_breaker_open_seconds: 1',
+      'stale_if_error_seconds: 30',
+    ],
+    rest,
+  });
 }
 
 interface CapturedCli {

@@ -14,7 +14,7 @@ import {
 } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type CliRun, cliBuilt, singleProcess, startCli, writeConfig } from '../helpers/cli.js';
+import { type CliRun, cliBuilt, sidecarYaml, singleProcess, startCli, writeConfig } from '../helpers/cli.js';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../helpers/keystone-emulator.js';
 import { peakRssMb, rssKb } from '../helpers/process-memory.js';
 
@@ -23,22 +23,13 @@ const ENV = { TEST_PROXY_PASSWORD: users.proxy.password as string };
 const MB = 1024 * 1024;
 
 function configYaml(keystoneUrl: string, upstreamUrl: string): string {
-  return `
-listen: { host: 127.0.0.1, port: 0 }
-upstream: { url: "${upstreamUrl}", response_timeout_seconds: 1, connect_timeout_seconds: 1 }
-admin_listen: { host: 127.0.0.1, port: 0 }
-keystone_authtoken:
-  www_authenticate_uri: "http://keystone.example:5000"
-  auth_url: "${keystoneUrl}"
-  username: proxy
-  password: "\${TEST_PROXY_PASSWORD}"
-  user_domain_name: Default
-  project_name: service
-  project_domain_name: Default
-  service_type: echo
-  http_request_timeout_seconds: 2
-log: { level: info }
-`;
+  return sidecarYaml({
+    keystoneUrl,
+    upstreamUrl,
+    responseTimeoutSeconds: 1,
+    keystoneTimeoutSeconds: 2,
+    rest: 'log: { level: info }\n',
+  });
 }
 
 // -----------------------------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 #
 #   scripts/keystone-local.sh start    install (apt, Debian/Ubuntu, as root) if needed, configure sqlite + fernet,
 #                                      bootstrap, seed the fixtures, start memcached and two uwsgi instances
+#   scripts/keystone-local.sh install  only install the Debian packages (Keystone, keystonemiddleware, uwsgi,
+#                                      memcached, python3-memcache): `npm test` uses memcached and the Python
+#                                      memcache-crypt reference too
 #   scripts/keystone-local.sh env      print the environment the tests read (eval "$(scripts/keystone-local.sh env)")
 #   scripts/keystone-local.sh status   exit 0 when Keystone answers
 #   scripts/keystone-local.sh stop     stop the processes (state is kept; `start` again reuses it)
@@ -149,9 +152,10 @@ case "${1:-}" in
       log "running at $url (short-lived tokens at :$short_port)"
     fi
     ;;
+  install) install_packages ;;
   env) print_env ;;
   status) answers "$url" ;;
   stop) stop ;;
   reset) stop; rm -rf "$dir" ;;
-  *) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

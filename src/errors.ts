@@ -55,6 +55,7 @@ export type InvalidTokenReason =
   | 'missing'
   | 'not_found'
   | 'expired'
+  | 'revoked'
   | 'malformed_body'
   | 'access_rule_denied'
   | 'bind_rejected'

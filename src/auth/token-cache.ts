@@ -22,12 +22,30 @@ export interface TokenCacheOptions {
    * unavailable (never past the token's own expiry). 0: not kept.
    */
   readonly staleSeconds?: number | undefined;
+  /** How long a token Keystone called invalid is answered from memory; 0: never. */
+  readonly negativeSeconds?: number | undefined;
+  /** Bound of the negative cache (its own LRU, so a flood of bad tokens cannot push out valid identities). */
+  readonly negativeMaxEntries?: number | undefined;
 }
 
-interface Entry {
+export interface CachedIdentity {
   readonly info: TokenInfo;
   /** Wall-clock ms until which the entry is served normally. */
   readonly freshUntil: number;
+  /** When Keystone last confirmed it (wall-clock ms; for an entry from memcached, when that was written). */
+  readonly validatedAtMs: number;
+  /** Its memcached key, so that a revocation can remove it from the shared tier too. */
+  readonly sharedKey: string | undefined;
+}
+type Entry = CachedIdentity;
+
+/** Where an identity came from; an entry filled from memcached keeps no more than the tier's remaining time. */
+export interface CacheFill {
+  readonly sharedKey?: string | undefined;
+  /** When Keystone confirmed the identity, if earlier than now (an entry read from memcached). */
+  readonly validatedAtMs?: number | undefined;
+  /** Cap on the cache time, in ms (time left of an entry read from memcached). */
+  readonly maxFreshMs?: number | undefined;
 }
 
 export type CacheMode = 'normal' | 'allow_expired';
@@ -38,6 +56,7 @@ export class TokenCache {
   readonly #staleMs: number;
   readonly #now: () => number;
   readonly #hashPrefix: string;
+  readonly #negative: LRUCache<string, true> | undefined;
 
   constructor(options: TokenCacheOptions) {
     this.#ttlMs = Math.floor(options.ttlSeconds * 1000);
@@ -58,6 +77,17 @@ export class TokenCache {
             ttlAutopurge: false,
           })
         : undefined;
+    const negativeMs = Math.floor((options.negativeSeconds ?? 0) * 1000);
+    this.#negative =
+      negativeMs > 0
+        ? new LRUCache<string, true>({
+            max: options.negativeMaxEntries ?? 10_000,
+            ttl: negativeMs,
+            perf: { now: options.now },
+            ttlResolution: 0,
+            ttlAutopurge: false,
+          })
+        : undefined;
   }
 
   /** The keyed hash standing for a token everywhere past extraction (cache key, logs, coalescing). */
@@ -68,8 +98,13 @@ export class TokenCache {
   }
 
   get(key: string, mode: CacheMode): TokenInfo | undefined {
+    return this.lookup(key, mode)?.info;
+  }
+
+  /** The fresh entry with its validation time (for background re-validation). */
+  lookup(key: string, mode: CacheMode): CachedIdentity | undefined {
     const entry = this.#entry(key, mode);
-    return entry !== undefined && this.#now() <= entry.freshUntil ? entry.info : undefined;
+    return entry !== undefined && this.#now() <= entry.freshUntil ? entry : undefined;
   }
 
   /** An entry past its cache time but inside the stale-if-error window (only for when Keystone is down). */
@@ -86,21 +121,25 @@ export class TokenCache {
     return lru.get(`e:${key}`);
   }
 
-  set(key: string, info: TokenInfo, mode: CacheMode): void {
+  set(key: string, info: TokenInfo, mode: CacheMode, fill: CacheFill = {}): void {
     const lru = this.#lru;
     if (lru === undefined) return;
     const now = this.#now();
+    const ttl = Math.min(this.#ttlMs, fill.maxFreshMs ?? this.#ttlMs);
+    if (ttl <= 0) return;
+    const sharedKey = fill.sharedKey;
+    const validatedAtMs = Math.min(now, fill.validatedAtMs ?? now);
     if (mode === 'allow_expired') {
-      lru.set(`e:${key}`, { info, freshUntil: now + this.#ttlMs }, { ttl: this.#ttlMs });
+      lru.set(`e:${key}`, { info, freshUntil: now + ttl, validatedAtMs, sharedKey }, { ttl });
       return;
     }
     const untilExpiry = info.expiresAtMs - now;
-    const fresh = Math.min(this.#ttlMs, untilExpiry);
+    const fresh = Math.min(ttl, untilExpiry);
     if (fresh <= 0) return;
     // Never kept past the token's own expiry, stale or not.
     lru.set(
       `n:${key}`,
-      { info, freshUntil: now + fresh },
+      { info, freshUntil: now + fresh, validatedAtMs, sharedKey },
       { ttl: Math.min(fresh + this.#staleMs, untilExpiry) },
     );
   }
@@ -110,8 +149,39 @@ export class TokenCache {
     this.#lru?.delete(`e:${key}`);
   }
 
+  /** Keystone called this token invalid (checked without allow_expired): remember it for a few seconds. */
+  setInvalid(key: string): void {
+    this.#negative?.set(key, true);
+  }
+
+  /** Only for requests without allow_expired: an expired token may still be good for those (bug 1987355). */
+  isKnownInvalid(key: string): boolean {
+    return this.#negative?.get(key) === true;
+  }
+
+  /**
+   * Drops every identity `revoked` selects (a revocation event arrived) and returns the memcached keys of
+   * the dropped entries, so the shared tier forgets them as well.
+   */
+  sweep(revoked: (info: TokenInfo) => boolean): { evicted: number; sharedKeys: string[] } {
+    const lru = this.#lru;
+    if (lru === undefined) return { evicted: 0, sharedKeys: [] };
+    const doomed: string[] = [];
+    const sharedKeys = new Set<string>();
+    // Collected first: deleting while iterating would skip entries. Entries inside their stale-if-error
+    // window are still live to lru-cache, so they are visited too.
+    lru.forEach((entry, key) => {
+      if (!revoked(entry.info)) return;
+      doomed.push(key);
+      if (entry.sharedKey !== undefined) sharedKeys.add(entry.sharedKey);
+    });
+    for (const key of doomed) lru.delete(key);
+    return { evicted: doomed.length, sharedKeys: [...sharedKeys] };
+  }
+
   clear(): void {
     this.#lru?.clear();
+    this.#negative?.clear();
   }
 
   get size(): number {

@@ -1,25 +1,41 @@
 /**
- * One token → valid / invalid / unavailable, through the cache. Concurrent checks of one token share one
- * Keystone call (single flight, detached from any one request); Keystone errors are never cached.
+ * One token → valid / invalid / unavailable, through the cache tiers: this process's LRU, then memcached
+ * (shared by replicas), then Keystone. Concurrent checks of one token share one lookup (single flight,
+ * detached from any one request); Keystone errors are never cached; known revocations are never served.
  */
 import { type InvalidTokenReason, KeystoneUnavailableError } from '../errors.js';
 import type { TokenValidator } from '../keystone/client.js';
 import { MalformedTokenBodyError, parseTokenBody, type TokenInfo } from '../keystone/token-info.js';
 import type { AuthObserver, Logger } from '../observability/observer.js';
+import type { SharedTokenCache } from './shared-cache.js';
 import type { CacheMode, TokenCache } from './token-cache.js';
 
+export type TokenSource = 'cache' | 'shared' | 'keystone' | 'stale';
+
 export type TokenCheck =
-  | { readonly status: 'valid'; readonly info: TokenInfo; readonly source: 'cache' | 'keystone' | 'stale' }
+  | { readonly status: 'valid'; readonly info: TokenInfo; readonly source: TokenSource }
   | { readonly status: 'invalid'; readonly reason: InvalidTokenReason }
   | { readonly status: 'unavailable'; readonly error: KeystoneUnavailableError };
 
 type Fetched =
-  | { readonly status: 'valid'; readonly info: TokenInfo; readonly stale?: true }
+  | { readonly status: 'valid'; readonly info: TokenInfo; readonly source: Exclude<TokenSource, 'cache'> }
   | Exclude<TokenCheck, { status: 'valid' }>;
 
 export interface TokenCheckerOptions {
   readonly validator: TokenValidator;
   readonly cache: TokenCache;
+  /** Second tier (memcached); absent: this process's cache only. */
+  readonly shared?: SharedTokenCache | undefined;
+  /** keystonemiddleware's token_cache_time, in ms: also the most an identity lives across both tiers. */
+  readonly cacheTimeMs: number;
+  /**
+   * An identity served from the cache longer than this (ms) since Keystone confirmed it is re-validated in
+   * the background, the request not held: catches what makes no revocation event (a role unassigned).
+   * 0: never.
+   */
+  readonly revalidateAfterMs?: number | undefined;
+  /** Known revocation events (OS-REVOKE polling); absent: no polling. */
+  readonly isRevoked?: ((info: TokenInfo) => boolean) | undefined;
   readonly renderCatalog: boolean;
   /** Wall clock in ms. */
   readonly now: () => number;
@@ -35,7 +51,7 @@ export class TokenChecker {
     this.#options = options;
   }
 
-  /** Number of Keystone validations under way (for metrics). */
+  /** Number of lookups (memcached or Keystone) under way (for metrics). */
   get inflight(): number {
     return this.#inflight.size;
   }
@@ -45,15 +61,24 @@ export class TokenChecker {
     const { cache, observer } = this.#options;
     const key = cache.keyOf(token);
     const mode: CacheMode = allowExpired ? 'allow_expired' : 'normal';
-    const cached = cache.get(key, mode);
+    const cached = cache.lookup(key, mode);
     if (cached !== undefined) {
-      if (!allowExpired && this.#expired(cached)) {
+      const info = cached.info;
+      if (!allowExpired && this.#expired(info)) {
         observer.cache?.('expired');
         cache.delete(key);
         return { status: 'invalid', reason: 'expired' };
       }
+      const revalidateAfterMs = this.#options.revalidateAfterMs ?? 0;
+      if (revalidateAfterMs > 0 && this.#options.now() - cached.validatedAtMs >= revalidateAfterMs) {
+        this.#revalidate(token, key, mode);
+      }
       observer.cache?.('hit');
-      return { status: 'valid', info: cached, source: 'cache' };
+      return { status: 'valid', info, source: 'cache' };
+    }
+    if (!allowExpired && cache.isKnownInvalid(key)) {
+      observer.cache?.('negative_hit');
+      return { status: 'invalid', reason: 'not_found' };
     }
     const flightKey = `${mode}:${key}`;
     let flight = this.#inflight.get(flightKey);
@@ -68,27 +93,56 @@ export class TokenChecker {
     if (result.status !== 'valid') return result;
     // Keystone does not return expired tokens without allow_expired, but clocks differ: re-check like ksm.
     if (!allowExpired && this.#expired(result.info)) return { status: 'invalid', reason: 'expired' };
-    return { status: 'valid', info: result.info, source: result.stale ? 'stale' : 'keystone' };
+    return result;
+  }
+
+  /** One background validation per token at a time; its answer replaces or removes the cached identity. */
+  #revalidate(token: string, key: string, mode: CacheMode): void {
+    const flightKey = `${mode}:${key}`;
+    if (this.#inflight.has(flightKey)) return;
+    this.#options.observer.cache?.('revalidate');
+    const flight = this.#fetch(token, key, mode, true).finally(() => this.#inflight.delete(flightKey));
+    this.#inflight.set(flightKey, flight);
   }
 
   #expired(info: TokenInfo): boolean {
     return info.expiresAtMs < this.#options.now();
   }
 
-  async #fetch(token: string, key: string, mode: CacheMode): Promise<Fetched> {
-    const { validator, cache, renderCatalog, logger } = this.#options;
+  async #fetch(token: string, key: string, mode: CacheMode, revalidating = false): Promise<Fetched> {
+    const { validator, cache, shared, renderCatalog, logger, isRevoked } = this.#options;
     const fingerprint = key.slice(0, 12);
+    const sharedKeys = shared?.keysFor(token);
+    // A re-validation asks Keystone: another replica's entry is no newer than ours.
+    if (shared !== undefined && sharedKeys !== undefined && !revalidating) {
+      const fromShared = await this.#fromShared(shared, sharedKeys, key, mode);
+      if (fromShared !== undefined) return fromShared;
+    }
     try {
       const answer = await validator.validate(token, { allowExpired: mode === 'allow_expired' });
       if (answer.kind === 'invalid') {
-        // Known to be invalid (revoked, expired…): never served as stale either.
+        // Known to be invalid (revoked, expired…): never served as stale, nor by another replica.
         cache.delete(key);
+        if (sharedKeys !== undefined) shared?.delete(sharedKeys.cacheKey);
+        if (mode === 'normal') cache.setInvalid(key);
         logger.info({ tokenHash: fingerprint }, 'Keystone does not recognise the token');
         return { status: 'invalid', reason: 'not_found' };
       }
       const info = parseTokenBody(answer.body, { renderCatalog });
-      cache.set(key, info, mode);
-      return { status: 'valid', info };
+      // A validation that was under way when its token was revoked may come back valid.
+      if (isRevoked?.(info) === true) {
+        this.#options.observer.cache?.('revoked');
+        cache.delete(key);
+        return { status: 'invalid', reason: 'revoked' };
+      }
+      cache.set(key, info, mode, { sharedKey: sharedKeys?.cacheKey });
+      // Only answers checked without allow_expired go to the shared tier: another replica may serve them to
+      // any request (an expired identity is re-checked on every read there too).
+      if (shared !== undefined && sharedKeys !== undefined && mode === 'normal') {
+        const ttlMs = Math.min(this.#options.cacheTimeMs, info.expiresAtMs - this.#options.now());
+        if (ttlMs > 0) shared.set(sharedKeys, answer.body, ttlMs / 1000);
+      }
+      return { status: 'valid', info, source: 'keystone' };
     } catch (error) {
       if (error instanceof MalformedTokenBodyError) {
         logger.warn({ tokenHash: fingerprint, problem: error.message }, 'invalid token contents');
@@ -107,7 +161,7 @@ export class TokenChecker {
           { tokenHash: fingerprint, reason: unavailable.reason },
           'Keystone unavailable: serving a stale identity',
         );
-        return { status: 'valid', info: stale, stale: true };
+        return { status: 'valid', info: stale, source: 'stale' };
       }
       if (unavailable.reason !== 'circuit_open') {
         logger.error(
@@ -117,5 +171,45 @@ export class TokenChecker {
       }
       return { status: 'unavailable', error: unavailable };
     }
+  }
+
+  /** A memcached entry usable for this request, or `undefined` to ask Keystone. */
+  async #fromShared(
+    shared: SharedTokenCache,
+    sharedKeys: ReturnType<SharedTokenCache['keysFor']>,
+    key: string,
+    mode: CacheMode,
+  ): Promise<Fetched | undefined> {
+    const { cache, renderCatalog, observer, isRevoked, now } = this.#options;
+    const entry = await shared.get(sharedKeys);
+    if (entry === undefined) return undefined;
+    let info: TokenInfo;
+    try {
+      info = parseTokenBody(entry.body, { renderCatalog });
+    } catch {
+      observer.cache?.('shared_rejected');
+      shared.delete(sharedKeys.cacheKey);
+      return undefined;
+    }
+    if (isRevoked?.(info) === true) {
+      // Written before the revocation event by some replica: forget it everywhere and ask Keystone.
+      observer.cache?.('revoked');
+      shared.delete(sharedKeys.cacheKey);
+      return undefined;
+    }
+    if (mode === 'normal' && this.#expired(info)) return { status: 'invalid', reason: 'expired' };
+    // An entry lives token_cache_time in all, however many tiers it passes through.
+    const left =
+      entry.cachedAtMs === undefined
+        ? this.#options.cacheTimeMs
+        : this.#options.cacheTimeMs - (now() - entry.cachedAtMs);
+    if (left <= 0) return undefined;
+    cache.set(key, info, mode, {
+      sharedKey: sharedKeys.cacheKey,
+      maxFreshMs: left,
+      validatedAtMs: entry.cachedAtMs,
+    });
+    observer.cache?.('shared_hit');
+    return { status: 'valid', info, source: 'shared' };
   }
 }

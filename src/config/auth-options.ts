@@ -4,6 +4,7 @@
  * Options we add name their unit. Validated once at creation; every problem is reported at once.
  */
 import { z } from 'zod';
+import type { MemcacheSecurityStrategy } from '../auth/memcache-crypt.js';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 
 const TRUE = new Set(['true', '1', 'yes', 'on']);
@@ -56,6 +57,15 @@ const url = z.string().refine(
 );
 const text = z.string().min(1, { message: 'must not be empty' });
 
+const SECURITY_STRATEGIES = new Set(['none', 'mac', 'encrypt']);
+/** The spelling is kept: keystonemiddleware derives its memcached keys from the string as configured. */
+const securityStrategy = z.string().refine((s) => SECURITY_STRATEGIES.has(s.toLowerCase()), {
+  message: 'must be None, MAC or ENCRYPT',
+});
+/** oslo.config refuses to start with TLS or SASL it cannot honour; so do we (memjs here speaks neither). */
+const unsupportedWhenTrue = (feature: string) =>
+  bool.refine((value) => !value, { message: `${feature} is not supported by this engine` });
+
 const INTERFACES = {
   public: 'public',
   publicurl: 'public',
@@ -67,22 +77,14 @@ const INTERFACES = {
 
 /** keystonemiddleware options that belong to features this engine does not have (yet): accepted, warned. */
 export const IGNORED_KSM_OPTIONS: readonly string[] = [
-  'memcached_servers',
-  'memcache_servers',
-  'memcache_security_strategy',
-  'memcache_secret_key',
-  'memcache_pool_dead_retry',
-  'memcache_pool_maxsize',
-  'memcache_pool_socket_timeout',
+  // A pipelined connection per server has no pool to size, wait for or expire (see memcache_pool_maxsize).
   'memcache_pool_unused_timeout',
   'memcache_pool_conn_get_timeout',
   'memcache_use_advanced_pool',
-  'memcache_tls_enabled',
   'memcache_tls_cafile',
   'memcache_tls_certfile',
   'memcache_tls_keyfile',
   'memcache_tls_allowed_ciphers',
-  'memcache_sasl_enabled',
   'memcache_username',
   'memcache_password',
   'cache',
@@ -187,6 +189,46 @@ export const authOptionsSchema = z
     token_cache_max_bytes: count
       .default(64 * 1024 * 1024)
       .describe('Most bytes (estimated) the token cache may hold.'),
+    memcached_servers: list
+      .optional()
+      .describe(
+        'host:port of memcached servers shared by replicas (second cache tier); unset: in-process only.',
+      ),
+    memcache_servers: list.optional().describe('Deprecated name of memcached_servers.'),
+    memcache_security_strategy: securityStrategy
+      .default('None')
+      .describe('None, MAC (entries signed) or ENCRYPT (signed and AES-encrypted), as keystonemiddleware.'),
+    memcache_secret_key: z
+      .string()
+      .optional()
+      .describe('Secret the per-token memcached keys are derived from; required with MAC or ENCRYPT.'),
+    memcache_pool_socket_timeout: positiveSeconds
+      .default(0.5)
+      .describe('Deadline of one memcached operation; past it the request goes on to Keystone.'),
+    memcache_pool_dead_retry: seconds
+      .default(30)
+      .describe('Seconds a failed memcached server is skipped (answered as a miss at once) before a retry.'),
+    memcache_pool_maxsize: numberLike
+      .pipe(z.number().int({ message: 'must be a whole number' }).min(1))
+      .default(10)
+      .describe('Upper bound of connections per memcached server; requests are pipelined on one.'),
+    memcache_tls_enabled: unsupportedWhenTrue('memcached TLS').default(false).describe('Must stay false.'),
+    memcache_sasl_enabled: unsupportedWhenTrue('memcached SASL').default(false).describe('Must stay false.'),
+    revocation_poll_interval_seconds: seconds
+      .default(10)
+      .describe(
+        'Poll Keystone revocation events (OS-REVOKE) this often and drop revoked identities from both cache tiers; 0: off.',
+      ),
+    token_revalidate_seconds: seconds
+      .default(0)
+      .describe(
+        'Re-validate in the background (request not held) an identity confirmed longer ago than this: catches role changes, which make no revocation event; 0: off.',
+      ),
+    negative_cache_seconds: seconds
+      .default(0)
+      .describe(
+        'Answer a token Keystone called invalid with 401 for this long without asking again (never for allow_expired); 0: off.',
+      ),
     ...Object.fromEntries(IGNORED_KSM_OPTIONS.map((name) => [name, z.unknown().optional()])),
   })
   .strict();
@@ -216,6 +258,11 @@ export interface ResolvedAuthOptions {
   readonly circuitBreakerOpenSeconds: number;
   readonly retryBudgetPerSecond: number;
   readonly staleIfErrorSeconds: number;
+  /** Second cache tier; `undefined` when no memcached server is configured. */
+  readonly memcached: MemcachedOptions | undefined;
+  readonly revocationPollIntervalSeconds: number;
+  readonly tokenRevalidateSeconds: number;
+  readonly negativeCacheSeconds: number;
   readonly enforceTokenBind: BindMode;
   readonly httpConnectTimeoutSeconds: number;
   readonly httpRequestMaxRetries: number;
@@ -228,6 +275,16 @@ export interface ResolvedAuthOptions {
   };
   /** keystonemiddleware options given but not used by this engine. */
   readonly ignored: readonly string[];
+}
+
+export interface MemcachedOptions {
+  readonly servers: readonly string[];
+  readonly securityStrategy: MemcacheSecurityStrategy;
+  /** The strategy as configured: part of the key derivation, so it must match keystonemiddleware's. */
+  readonly securityStrategyText: string;
+  readonly secretKey: string | undefined;
+  readonly socketTimeoutSeconds: number;
+  readonly deadRetrySeconds: number;
 }
 
 export interface ResolveContext {
@@ -245,6 +302,25 @@ function toIssues(error: z.ZodError, prefix: string): ConfigIssue[] {
       ? issue.keys.map((key) => ({ path: join([...issue.path, key]), message: 'unknown option' }))
       : [{ path: join(issue.path), message: issue.message }],
   );
+}
+
+function memcacheIssues(o: Parsed): { path: string; message: string }[] {
+  const issues: { path: string; message: string }[] = [];
+  if (
+    o.memcache_security_strategy.toLowerCase() !== 'none' &&
+    (o.memcache_secret_key === undefined || o.memcache_secret_key.length === 0)
+  ) {
+    issues.push({
+      path: 'memcache_secret_key',
+      message: 'is required when memcache_security_strategy is MAC or ENCRYPT',
+    });
+  }
+  for (const server of o.memcached_servers ?? o.memcache_servers ?? []) {
+    if (!/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/.test(server)) {
+      issues.push({ path: 'memcached_servers', message: `"${server}" is not host:port` });
+    }
+  }
+  return issues;
 }
 
 function crossFieldIssues(o: Parsed, credentialsOptional: boolean): { path: string; message: string }[] {
@@ -317,13 +393,29 @@ function bindMode(value: string): BindMode {
   return { name: value };
 }
 
+function memcachedOptions(o: Parsed): MemcachedOptions | undefined {
+  const servers = o.memcached_servers ?? o.memcache_servers ?? [];
+  if (servers.length === 0) return undefined;
+  const lower = o.memcache_security_strategy.toLowerCase();
+  return Object.freeze({
+    servers: Object.freeze([...servers]),
+    // keystonemiddleware encrypts only when the option reads `ENCRYPT` exactly; other spellings only sign.
+    securityStrategy:
+      lower === 'none' ? 'None' : o.memcache_security_strategy === 'ENCRYPT' ? 'ENCRYPT' : 'MAC',
+    securityStrategyText: o.memcache_security_strategy,
+    secretKey: o.memcache_secret_key,
+    socketTimeoutSeconds: o.memcache_pool_socket_timeout,
+    deadRetrySeconds: Math.max(0, o.memcache_pool_dead_retry),
+  });
+}
+
 /** Validates raw options; throws one ConfigError listing every problem. */
 export function resolveAuthOptions(input: unknown, context: ResolveContext = {}): ResolvedAuthOptions {
   const prefix = context.pathPrefix ?? '';
   const parsed = authOptionsSchema.safeParse(input ?? {});
   if (!parsed.success) throw new ConfigError(toIssues(parsed.error, prefix));
   const o = parsed.data;
-  const cross = crossFieldIssues(o, context.credentialsOptional === true);
+  const cross = [...memcacheIssues(o), ...crossFieldIssues(o, context.credentialsOptional === true)];
   if (cross.length > 0) {
     throw new ConfigError(
       cross.map((issue) => ({ ...issue, path: prefix ? `${prefix}.${issue.path}` : issue.path })),
@@ -350,6 +442,10 @@ export function resolveAuthOptions(input: unknown, context: ResolveContext = {})
     circuitBreakerOpenSeconds: o.circuit_breaker_open_seconds,
     retryBudgetPerSecond: o.retry_budget_per_second,
     staleIfErrorSeconds: Math.max(0, o.stale_if_error_seconds),
+    memcached: memcachedOptions(o),
+    revocationPollIntervalSeconds: Math.max(0, o.revocation_poll_interval_seconds),
+    tokenRevalidateSeconds: Math.max(0, o.token_revalidate_seconds),
+    negativeCacheSeconds: Math.max(0, o.negative_cache_seconds),
     enforceTokenBind: bindMode(o.enforce_token_bind),
     httpConnectTimeoutSeconds: o.http_connect_timeout,
     httpRequestMaxRetries: o.http_request_max_retries,

@@ -7,6 +7,10 @@ import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { Agent, type Dispatcher } from 'undici';
 import { type Decision, decide, type RequestFacts, type TokenVerdict } from '../auth/decision.js';
+import { MemcachedStore } from '../auth/memcached.js';
+import { RevocationIndex } from '../auth/revocation.js';
+import { RevocationPoller } from '../auth/revocation-poller.js';
+import { type SharedStore, SharedTokenCache } from '../auth/shared-cache.js';
 import { TokenCache } from '../auth/token-cache.js';
 import { TokenChecker } from '../auth/token-checker.js';
 import {
@@ -39,6 +43,8 @@ export interface AuthDependencies {
   readonly observer?: AuthObserver;
   /** Key of the token hash used for cache keys and log fingerprints; random per process by default. */
   readonly cacheHashKey?: Buffer;
+  /** Replaces the memcached store built from `memcached_servers` (the shared tier's keys and crypto stay). */
+  readonly sharedStore?: SharedStore;
 }
 
 /** What the application behind the engine learns about the caller. */
@@ -79,6 +85,8 @@ export interface Authenticator {
   /** The `WWW-Authenticate` value for 401 answers, ours and the application's. */
   readonly wwwAuthenticate: string;
   readonly cache: TokenCache;
+  /** Revocation polling (OS-REVOKE); `undefined` when off or the validator cannot list events. */
+  readonly revocation: RevocationPoller | undefined;
   authenticate(request: RequestFacts): Promise<AuthOutcome>;
   /** Keystone validations under way. */
   inflight(): number;
@@ -140,6 +148,50 @@ function defaultDispatcher(options: ResolvedAuthOptions): Dispatcher {
       ...(tls.certfile === undefined ? {} : { cert: readFileSync(tls.certfile) }),
       ...(tls.keyfile === undefined ? {} : { key: readFileSync(tls.keyfile) }),
     },
+  });
+}
+
+function sharedTier(
+  options: ResolvedAuthOptions,
+  deps: AuthDependencies,
+  now: () => number,
+  logger: Logger,
+  observer: AuthObserver,
+): SharedTokenCache | undefined {
+  const memcached = options.memcached;
+  if (memcached === undefined || options.tokenCacheTimeSeconds <= 0) return undefined;
+  if (memcached.securityStrategy === 'None') {
+    logger.warn(
+      { servers: memcached.servers },
+      'memcache_security_strategy is None: whoever reaches memcached can read cached identities and forge them; use ENCRYPT',
+    );
+  } else if (
+    memcached.securityStrategy === 'MAC' &&
+    memcached.securityStrategyText.toLowerCase() === 'encrypt'
+  ) {
+    logger.warn(
+      { strategy: memcached.securityStrategyText },
+      'memcache_security_strategy must read ENCRYPT exactly to encrypt (as in keystonemiddleware): entries are only signed',
+    );
+  }
+  const store =
+    deps.sharedStore ??
+    new MemcachedStore({
+      servers: memcached.servers,
+      socketTimeoutMs: memcached.socketTimeoutSeconds * 1000,
+      deadRetryMs: memcached.deadRetrySeconds * 1000,
+      now,
+      logger,
+      onOperation: (operation, outcome, seconds) => observer.memcached?.(operation, outcome, seconds),
+    });
+  return new SharedTokenCache({
+    store,
+    strategy: memcached.securityStrategy,
+    strategyText: memcached.securityStrategyText,
+    secretKey: memcached.secretKey,
+    now,
+    logger,
+    onRejected: () => observer.cache?.('shared_rejected'),
   });
 }
 
@@ -205,15 +257,47 @@ export function createAuthenticator(input: AuthOptionsInput, deps: AuthDependenc
     now,
     hashKey: deps.cacheHashKey,
     staleSeconds: options.staleIfErrorSeconds,
+    negativeSeconds: options.negativeCacheSeconds,
   });
+  const shared = sharedTier(options, deps, now, logger, observer);
+  const index = new RevocationIndex();
+  const revocation =
+    options.revocationPollIntervalSeconds > 0 && validator.revocationEvents !== undefined
+      ? new RevocationPoller({
+          fetchEvents: validator.revocationEvents.bind(validator),
+          index,
+          intervalMs: options.revocationPollIntervalSeconds * 1000,
+          retentionMs:
+            (Math.max(0, options.tokenCacheTimeSeconds) +
+              options.staleIfErrorSeconds +
+              options.httpRequestTimeoutSeconds +
+              2 * options.revocationPollIntervalSeconds +
+              60) *
+            1000,
+          unsupportedRetryMs: Math.max(300, options.revocationPollIntervalSeconds) * 1000,
+          now,
+          onNewEvents: () => {
+            const { evicted, sharedKeys } = cache.sweep((info) => index.isRevoked(info));
+            for (const key of sharedKeys) shared?.delete(key);
+            return evicted;
+          },
+          logger,
+          observer,
+        })
+      : undefined;
   const checker = new TokenChecker({
     validator,
     cache,
+    shared,
+    cacheTimeMs: Math.max(0, options.tokenCacheTimeSeconds) * 1000,
+    revalidateAfterMs: options.tokenRevalidateSeconds * 1000,
+    isRevoked: revocation === undefined ? undefined : (info) => index.isRevoked(info),
     renderCatalog: options.includeServiceCatalog,
     now,
     observer,
     logger,
   });
+  revocation?.start();
   const policy = {
     delayAuthDecision: options.delayAuthDecision,
     serviceTokenRoles: options.serviceTokenRoles,
@@ -279,6 +363,7 @@ export function createAuthenticator(input: AuthOptionsInput, deps: AuthDependenc
     options,
     wwwAuthenticate: wwwAuthenticateValue(wwwAuthenticateUri),
     cache,
+    revocation,
     async authenticate(request) {
       const started = performance.now();
       let lookups = 0;
@@ -299,8 +384,9 @@ export function createAuthenticator(input: AuthOptionsInput, deps: AuthDependenc
       if (validator instanceof KeystoneClient) await validator.warmUp();
     },
     async close() {
+      revocation?.stop();
       cache.clear();
-      await validator.close?.();
+      await Promise.all([validator.close?.(), shared?.close()]);
     },
   };
 }

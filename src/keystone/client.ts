@@ -20,9 +20,16 @@ export interface ValidateOptions {
   readonly allowExpired: boolean;
 }
 
+/** `GET /v3/OS-REVOKE/events`: the body, or the status saying the API is not available to us. */
+export type RevocationFeedAnswer =
+  | { readonly kind: 'events'; readonly body: unknown }
+  | { readonly kind: 'unsupported'; readonly status: number };
+
 /** What the engine needs from Keystone; the testing fixture implements it without HTTP. */
 export interface TokenValidator {
   validate(token: string, options: ValidateOptions): Promise<ValidationAnswer>;
+  /** Revocation events revoked after `since` (ISO 8601); absent: no revocation polling. */
+  revocationEvents?(since: string | undefined): Promise<RevocationFeedAnswer>;
   /** Readiness: the service token is held and Keystone answers (probing it if it has been quiet). */
   ready?(): Promise<boolean>;
   close?(): Promise<void>;
@@ -102,6 +109,7 @@ export class KeystoneClient implements TokenValidator {
   readonly #discovered = new Map<string, string>();
   readonly #breaker: CircuitBreaker;
   #authV3: string | undefined;
+  #authV3Pending: Promise<string> | undefined;
   /** Identity endpoint resolved from the catalog of this service token. */
   #endpointFor: { token: string; url: string } | undefined;
   #warnedFallback = false;
@@ -232,6 +240,50 @@ export class KeystoneClient implements TokenValidator {
     await this.#options.dispatcher.close();
   }
 
+  /**
+   * Background polling: outside the circuit breaker (a failed poll must not turn requests away) and with the
+   * service token's own re-authentication on 401, like validations.
+   */
+  async revocationEvents(since: string | undefined): Promise<RevocationFeedAnswer> {
+    const deadline = performance.now() + this.#options.requestTimeoutMs;
+    const authV3 = await this.#authV3Url(deadline);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const service = await this.#serviceToken.get(authV3, deadline);
+      const endpoint = await this.#identityEndpoint(service, deadline);
+      const url = new URL(`${endpoint}/OS-REVOKE/events`);
+      if (since !== undefined) url.searchParams.set('since', since);
+      const response = await this.#http.send({
+        operation: 'revocation_events',
+        method: 'GET',
+        url,
+        headers: { 'x-auth-token': service.token },
+        deadline,
+      });
+      if (response.status === 401) {
+        this.#serviceToken.invalidate(service.token);
+        continue;
+      }
+      if (response.status === 200 && response.json !== undefined)
+        return { kind: 'events', body: response.json };
+      // Forbidden by policy, or the API is gone (Keystone calls it unused): the caller falls back to TTLs.
+      if (response.status === 403 || response.status === 404 || response.status === 501) {
+        return { kind: 'unsupported', status: response.status };
+      }
+      throw new KeystoneUnavailableError(
+        'http_status',
+        `Keystone revocation events answered HTTP ${response.status}`,
+        { status: response.status },
+      );
+    }
+    throw new KeystoneUnavailableError(
+      'service_auth_rejected',
+      'Keystone keeps rejecting the service token',
+      {
+        status: 401,
+      },
+    );
+  }
+
   async #validateOnce(
     endpoint: string,
     serviceToken: string,
@@ -273,7 +325,12 @@ export class KeystoneClient implements TokenValidator {
   }
 
   async #authV3Url(deadline: number): Promise<string> {
-    this.#authV3 ??= await this.#discover(this.#options.authUrl, deadline);
+    if (this.#authV3 !== undefined) return this.#authV3;
+    // Concurrent first callers (a validation and the revocation poller) share one discovery.
+    this.#authV3Pending ??= this.#discover(this.#options.authUrl, deadline).finally(() => {
+      this.#authV3Pending = undefined;
+    });
+    this.#authV3 = await this.#authV3Pending;
     return this.#authV3;
   }
 

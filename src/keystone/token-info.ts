@@ -39,6 +39,15 @@ export interface TokenInfo {
   readonly catalogHeader: string | undefined;
   readonly bind: Readonly<Record<string, string>> | undefined;
   readonly trustId: string | undefined;
+  /**
+   * `OS-TRUST:trust` → `trustor_user.id` and `trustee_user.id`: Keystone revokes a trust token on a `user_id`
+   * event for its user, its trustor or its trustee (`revoke_model.build_token_values`).
+   */
+  readonly trustorUserId: string | undefined;
+  readonly trusteeUserId: string | undefined;
+  /** `OS-OAUTH1` → `consumer_id` and `access_token_id`, present on tokens obtained with an OAuth1 access token. */
+  readonly oauthConsumerId: string | undefined;
+  readonly oauthAccessTokenId: string | undefined;
   /** Rough resident cost of this object, used to bound the cache by bytes. */
   readonly sizeBytes: number;
 }
@@ -128,6 +137,7 @@ export function parseTokenBody(body: unknown, options: ParseOptions): TokenInfo 
   const roles = Array.isArray(token.roles) ? token.roles.map(obj) : [];
   const appCred = obj(token.application_credential);
   const trust = obj(token['OS-TRUST:trust']);
+  const oauth = obj(token['OS-OAUTH1']);
   const catalog = Array.isArray(token.catalog) ? token.catalog : undefined;
   const bindRaw = obj(token.bind);
   const strings = (values: unknown[]): string[] => values.filter((v): v is string => typeof v === 'string');
@@ -159,6 +169,10 @@ export function parseTokenBody(body: unknown, options: ParseOptions): TokenInfo 
       ? undefined
       : Object.freeze(Object.fromEntries(Object.entries(bindRaw).map(([kind, id]) => [kind, String(id)])));
   const trustId = str(trust?.id);
+  const trustorUserId = str(obj(trust?.trustor_user)?.id);
+  const trusteeUserId = str(obj(trust?.trustee_user)?.id);
+  const oauthConsumerId = str(oauth?.consumer_id);
+  const oauthAccessTokenId = str(oauth?.access_token_id);
   // Shared (interned) strings and lists are not counted: they are paid once for all entries.
   const sizeBytes = estimateSize([
     userId,
@@ -169,9 +183,13 @@ export function parseTokenBody(body: unknown, options: ParseOptions): TokenInfo 
     catalogHeader,
     bind,
     trustId,
+    trustorUserId,
+    trusteeUserId,
+    oauthConsumerId,
+    oauthAccessTokenId,
   ]);
 
-  // One object literal: copying into a new object (spread) would put 26 properties in dictionary mode, 4x the size.
+  // One object literal: copying into a new object (spread) would put 29 properties in dictionary mode, 4x the size.
   return Object.freeze({
     userId,
     userName,
@@ -197,6 +215,10 @@ export function parseTokenBody(body: unknown, options: ParseOptions): TokenInfo 
     catalogHeader,
     bind,
     trustId,
+    trustorUserId,
+    trusteeUserId,
+    oauthConsumerId,
+    oauthAccessTokenId,
     sizeBytes,
   });
 }
@@ -249,10 +271,10 @@ function asciiJsonString(text: string): string {
   );
 }
 
-// The object itself about 240 bytes; strings about 16 bytes plus one per character (one-byte strings), arrays and
-// objects about 16 bytes plus 8 per slot.
+// The object itself (29 fields) about 272 bytes; strings about 16 bytes plus one per character (one-byte strings),
+// arrays and objects about 16 bytes plus 8 per slot.
 function estimateSize(values: readonly unknown[]): number {
-  let bytes = 240;
+  let bytes = 272;
   const add = (value: unknown): void => {
     if (typeof value === 'string') bytes += 16 + value.length;
     else if (Array.isArray(value)) {

@@ -11,6 +11,8 @@ import type {
   CircuitState,
   KeystoneOperation,
   KeystoneOutcome,
+  MemcachedOperation,
+  MemcachedOutcome,
 } from './observer.js';
 
 export type RequestDecision =
@@ -62,7 +64,12 @@ export interface MetricsOptions {
 }
 
 // Records keyed by the unions make the compiler reject a union member that is missing here.
-const KEYSTONE_OPERATIONS: Record<KeystoneOperation, true> = { discovery: true, auth: true, validate: true };
+const KEYSTONE_OPERATIONS: Record<KeystoneOperation, true> = {
+  discovery: true,
+  auth: true,
+  validate: true,
+  revocation_events: true,
+};
 const KEYSTONE_OUTCOMES: Record<KeystoneOutcome, true> = {
   ok: true,
   invalid: true,
@@ -80,6 +87,25 @@ const CACHE_EVENTS: Record<CacheEvent, true> = {
   coalesced: true,
   expired: true,
   stale: true,
+  shared_hit: true,
+  shared_rejected: true,
+  negative_hit: true,
+  revoked: true,
+  revalidate: true,
+};
+const MEMCACHED_OPERATIONS: Record<MemcachedOperation, true> = { get: true, set: true, delete: true };
+const MEMCACHED_OUTCOMES: Record<MemcachedOutcome, true> = {
+  hit: true,
+  miss: true,
+  ok: true,
+  error: true,
+  timeout: true,
+  skipped_down: true,
+};
+const REVOCATION_POLL_OUTCOMES: Record<'ok' | 'error' | 'unsupported', true> = {
+  ok: true,
+  error: true,
+  unsupported: true,
 };
 const CIRCUIT_STATES: Record<CircuitState, true> = { closed: true, open: true, half_open: true };
 const UPSTREAM_ERROR_REASONS: Record<UpstreamErrorReason, true> = {
@@ -93,6 +119,7 @@ const INVALID_TOKEN_REASONS: Record<InvalidTokenReason, true> = {
   missing: true,
   not_found: true,
   expired: true,
+  revoked: true,
   malformed_body: true,
   access_rule_denied: true,
   bind_rejected: true,
@@ -126,6 +153,8 @@ const METHODS: Record<string, true> = {
 /** From a cache hit (sub-millisecond) to a slow upstream; the last bucket matches common proxy timeouts. */
 const REQUEST_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 /** Keystone calls always cross the network, so the sub-millisecond buckets would stay empty. */
+/** memcached answers in well under a millisecond on a LAN; the top buckets are the operation deadline. */
+const MEMCACHED_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1];
 const KEYSTONE_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 function keysOf<K extends string>(record: Record<K, true>): K[] {
@@ -226,6 +255,41 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
       this.set(sum((source) => source.validationsInFlight()));
     },
   });
+  const memcachedOps = new Counter({
+    name: name('memcached_operations_total'),
+    help: 'Operations of the shared (memcached) cache tier, by operation and outcome; skipped_down: server marked down.',
+    labelNames: ['operation', 'outcome'] as const,
+    registers,
+  });
+  const memcachedDuration = new Histogram({
+    name: name('memcached_operation_duration_seconds'),
+    help: 'Duration of memcached operations, in seconds (bounded by memcache_pool_socket_timeout).',
+    labelNames: ['operation'] as const,
+    buckets: MEMCACHED_BUCKETS,
+    registers,
+  });
+  const revocationPolls = new Counter({
+    name: name('revocation_polls_total'),
+    help: 'Polls of Keystone revocation events, by outcome; unsupported: Keystone refused the API (TTL-only).',
+    labelNames: ['outcome'] as const,
+    registers,
+  });
+  const revocationEvents = new Counter({
+    name: name('revocation_events_total'),
+    help: 'New revocation events received from Keystone.',
+    registers,
+  });
+  const revocationEvictions = new Counter({
+    name: name('revocation_evictions_total'),
+    help: 'Cached identities dropped because a revocation event matched them.',
+    registers,
+  });
+  const revocationLastSuccess = new Gauge({
+    name: name('revocation_last_success_timestamp_seconds'),
+    help: 'Unix time of the last successful revocation poll; 0 before the first.',
+    registers,
+    aggregator: 'max',
+  });
   const upstreamErrors = new Counter({
     name: name('upstream_errors_total'),
     help: 'Requests that could not be forwarded to, or answered by, the upstream, by reason.',
@@ -266,6 +330,8 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
   for (const result of keysOf(CACHE_EVENTS)) cacheRequests.inc({ result }, 0);
   for (const reason of keysOf(UPSTREAM_ERROR_REASONS)) upstreamErrors.inc({ reason }, 0);
   for (const outcome of keysOf(SERVICE_TOKEN_OUTCOMES)) serviceTokenRefreshes.inc({ outcome }, 0);
+  for (const outcome of keysOf(REVOCATION_POLL_OUTCOMES)) revocationPolls.inc({ outcome }, 0);
+  revocationLastSuccess.set(0);
 
   if (options.collectProcessMetrics !== false) collectDefaultMetrics({ register: registry });
 
@@ -302,6 +368,18 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
     },
     cache: (event) => {
       cacheRequests.inc({ result: bounded(CACHE_EVENTS, event) });
+    },
+    memcached: (operation, outcome, durationSeconds) => {
+      const op = bounded(MEMCACHED_OPERATIONS, operation);
+      memcachedOps.inc({ operation: op, outcome: bounded(MEMCACHED_OUTCOMES, outcome) });
+      const duration = seconds(durationSeconds);
+      if (duration !== undefined) memcachedDuration.observe({ operation: op }, duration);
+    },
+    revocationPoll: (outcome, newEvents, evicted) => {
+      revocationPolls.inc({ outcome: bounded(REVOCATION_POLL_OUTCOMES, outcome) });
+      if (newEvents > 0) revocationEvents.inc(newEvents);
+      if (evicted > 0) revocationEvictions.inc(evicted);
+      if (outcome === 'ok') revocationLastSuccess.set(Date.now() / 1000);
     },
     circuitState: (state) => setCircuit(state in CIRCUIT_STATES ? state : 'closed'),
     serviceTokenRefresh: (outcome) => {

@@ -3,7 +3,7 @@
  * prom-client or pino; the sidecar wires these to its metrics and logger, embedders may pass their own.
  */
 
-export type KeystoneOperation = 'discovery' | 'auth' | 'validate';
+export type KeystoneOperation = 'discovery' | 'auth' | 'validate' | 'revocation_events';
 /** Bounded: usable as a metric label. */
 export type KeystoneOutcome =
   | 'ok'
@@ -16,7 +16,22 @@ export type KeystoneOutcome =
   | 'tls_error'
   | 'bad_response';
 
-export type CacheEvent = 'hit' | 'miss' | 'coalesced' | 'expired' | 'stale';
+export type CacheEvent =
+  | 'hit'
+  | 'miss'
+  | 'coalesced'
+  | 'expired'
+  | 'stale'
+  /** Served from memcached (the LRU had missed). */
+  | 'shared_hit'
+  /** A memcached entry that failed its MAC, did not decrypt or did not parse: treated as a miss. */
+  | 'shared_rejected'
+  /** Answered from the negative cache. */
+  | 'negative_hit'
+  /** An identity matching a known revocation event, refused. */
+  | 'revoked'
+  /** A cached identity older than token_revalidate_seconds sent to Keystone in the background. */
+  | 'revalidate';
 export type CircuitState = 'closed' | 'open' | 'half_open';
 
 export interface AuthObserver {
@@ -24,7 +39,15 @@ export interface AuthObserver {
   cache?(event: CacheEvent): void;
   serviceTokenRefresh?(outcome: 'ok' | 'error'): void;
   circuitState?(state: CircuitState): void;
+  /** One poll of Keystone's revocation events: how many were new, how many cached identities they removed. */
+  revocationPoll?(outcome: 'ok' | 'error' | 'unsupported', newEvents: number, evicted: number): void;
+  /** One memcached operation of the shared cache tier. */
+  memcached?(operation: MemcachedOperation, outcome: MemcachedOutcome, durationSeconds: number): void;
 }
+
+export type MemcachedOperation = 'get' | 'set' | 'delete';
+/** `skipped_down`: the server is marked down, answered at once without trying it. */
+export type MemcachedOutcome = 'hit' | 'miss' | 'ok' | 'error' | 'timeout' | 'skipped_down';
 
 /** The subset of pino's API the engine uses; pino loggers satisfy it. */
 export interface Logger {

@@ -116,6 +116,20 @@ const DIFFERENCES = [
     reason: 'we fall back to auth_url instead of failing every request; the test catalog has the endpoint',
     cases: '',
   },
+  {
+    n: 11,
+    title: 'A token revoked after it was cached stops working within `revocation_poll_interval_seconds`',
+    reason:
+      'closes the OSSN-0056 window; the suites here revoke before first use, and scale-out.test.ts measures ' +
+      'the delay',
+    cases: '',
+  },
+  {
+    n: 12,
+    title: 'memcached entries never hold the raw token.',
+    reason: 'a memcached reader learns no token; scale-out.test.ts checks both sides read each other',
+    cases: '',
+  },
 ] as const;
 type DifferenceId = (typeof DIFFERENCES)[number]['n'];
 

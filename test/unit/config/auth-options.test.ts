@@ -109,9 +109,55 @@ describe('resolveAuthOptions', () => {
   });
 
   it('accepts (and reports) keystonemiddleware options this engine ignores', () => {
-    expect(resolveAuthOptions({ ...minimal, memcached_servers: '127.0.0.1:11211' }).ignored).toEqual([
-      'memcached_servers',
+    const resolved = resolveAuthOptions({
+      ...minimal,
+      memcached_servers: '127.0.0.1:11211',
+      memcache_pool_unused_timeout: 60,
+    });
+    expect(resolved.ignored).toEqual(['memcache_pool_unused_timeout']);
+    expect(resolved.memcached?.servers).toEqual(['127.0.0.1:11211']);
+  });
+
+  it('memcached options: keystonemiddleware names, its spelling rules, every problem at once', () => {
+    const mc = (extra: Record<string, unknown>) =>
+      resolveAuthOptions({ ...minimal, memcached_servers: 'a:11211,[::1]:11212', ...extra }).memcached;
+    expect(mc({})).toMatchObject({ servers: ['a:11211', '[::1]:11212'], securityStrategy: 'None' });
+    expect(resolveAuthOptions({ ...minimal, memcache_servers: ['m:1'] }).memcached?.servers).toEqual(['m:1']);
+    expect(resolveAuthOptions(minimal).memcached).toBeUndefined();
+    const secret = { memcache_secret_key: 's' };
+    expect(mc({ memcache_security_strategy: 'ENCRYPT', ...secret })?.securityStrategy).toBe('ENCRYPT');
+    // keystonemiddleware encrypts only for the exact spelling; the text keys the derivation either way.
+    expect(mc({ memcache_security_strategy: 'encrypt', ...secret })).toMatchObject({
+      securityStrategy: 'MAC',
+      securityStrategyText: 'encrypt',
+    });
+    expect(mc({ memcache_security_strategy: 'mac', ...secret })?.securityStrategy).toBe('MAC');
+    const issues = (() => {
+      try {
+        resolveAuthOptions(
+          {
+            ...minimal,
+            memcached_servers: 'nohost, ok:1',
+            memcache_security_strategy: 'AES',
+            memcache_tls_enabled: true,
+            memcache_sasl_enabled: 'yes',
+            memcache_pool_socket_timeout: 0,
+          },
+          { pathPrefix: 'keystone_authtoken' },
+        );
+      } catch (error) {
+        return (error as ConfigError).issues.map((i) => i.path).sort();
+      }
+      return [];
+    })();
+    expect(issues).toEqual([
+      'keystone_authtoken.memcache_pool_socket_timeout',
+      'keystone_authtoken.memcache_sasl_enabled',
+      'keystone_authtoken.memcache_security_strategy',
+      'keystone_authtoken.memcache_tls_enabled',
     ]);
+    expect(() => mc({ memcache_security_strategy: 'MAC' })).toThrow(/memcache_secret_key/);
+    expect(() => mc({ memcached_servers: 'nohost' })).toThrow(/"nohost" is not host:port/);
   });
 
   it('parses enforce_token_bind modes', () => {
@@ -138,7 +184,8 @@ describe('resolveAuthOptions', () => {
     const names = docs.map((d) => d.name);
     expect(names).toContain('token_cache_time');
     expect(docs.find((d) => d.name === 'token_cache_time')?.default).toBe('300');
-    expect(names).not.toContain('memcached_servers');
+    expect(names).toContain('memcached_servers');
+    expect(names).not.toContain('memcache_pool_unused_timeout');
   });
 });
 

@@ -192,7 +192,7 @@ describe('createMetrics', () => {
       zero(`${P}_keystone_request_duration_seconds_count{operation="${operation}"}`);
       zero(`${P}_keystone_request_duration_seconds_bucket{le="+Inf",operation="${operation}"}`);
     }
-    for (const result of ['hit', 'miss', 'coalesced', 'expired'])
+    for (const result of ['hit', 'miss', 'coalesced', 'expired', 'shared_hit', 'negative_hit', 'revoked'])
       zero(`${P}_token_cache_requests_total{result="${result}"}`);
     for (const reason of ['connect_refused', 'connect_timeout', 'reset', 'response_timeout', 'other']) {
       zero(`${P}_upstream_errors_total{reason="${reason}"}`);
@@ -202,6 +202,7 @@ describe('createMetrics', () => {
       'missing',
       'not_found',
       'expired',
+      'revoked',
       'malformed_body',
       'access_rule_denied',
       'bind_rejected',
@@ -219,6 +220,9 @@ describe('createMetrics', () => {
     zero(`${P}_token_cache_entries`);
     zero(`${P}_token_cache_bytes`);
     zero(`${P}_keystone_validations_in_flight`);
+    for (const outcome of ['ok', 'error', 'unsupported'])
+      zero(`${P}_revocation_polls_total{outcome="${outcome}"}`);
+    zero(`${P}_revocation_last_success_timestamp_seconds`);
     // Request counters are labelled by decision × method × class: only real traffic creates those series.
     expect([...all.keys()].some((key) => key.startsWith(`${P}_http_requests_total`))).toBe(false);
   });
@@ -239,6 +243,12 @@ describe('createMetrics', () => {
       ['keystone_circuit_state', 'gauge'],
       ['upstream_errors_total', 'counter'],
       ['service_token_refreshes_total', 'counter'],
+      ['memcached_operations_total', 'counter'],
+      ['memcached_operation_duration_seconds', 'histogram'],
+      ['revocation_polls_total', 'counter'],
+      ['revocation_events_total', 'counter'],
+      ['revocation_evictions_total', 'counter'],
+      ['revocation_last_success_timestamp_seconds', 'gauge'],
       ['build_info', 'gauge'],
     ];
     for (const [name, type] of names) {
@@ -246,6 +256,27 @@ describe('createMetrics', () => {
       expect(text).toContain(`# TYPE ${P}_${name} ${type}\n`);
     }
     expect(text.match(/^# TYPE /gm)).toHaveLength(names.length);
+  });
+
+  it('counts memcached operations and revocation polls, bounded labels only', async () => {
+    const m = metrics();
+    m.memcached('get', 'hit', 0.0004);
+    m.memcached('get', 'skipped_down', 0);
+    m.memcached('set', 'weird' as never, 0.001);
+    m.revocationPoll('ok', 2, 3);
+    m.revocationPoll('unsupported', 0, 0);
+    const text = await m.scrape();
+    expect(text).toContain(`${P}_memcached_operations_total{operation="get",outcome="hit"} 1\n`);
+    expect(text).toContain(`${P}_memcached_operations_total{operation="get",outcome="skipped_down"} 1\n`);
+    expect(text).toContain(`${P}_memcached_operations_total{operation="set",outcome="other"} 1\n`);
+    expect(text).toContain(
+      `${P}_memcached_operation_duration_seconds_bucket{le="0.0005",operation="get"} 2\n`,
+    );
+    expect(text).toContain(`${P}_revocation_polls_total{outcome="ok"} 1\n`);
+    expect(text).toContain(`${P}_revocation_polls_total{outcome="unsupported"} 1\n`);
+    expect(text).toContain(`${P}_revocation_events_total 2\n`);
+    expect(text).toContain(`${P}_revocation_evictions_total 3\n`);
+    expect(text).not.toContain(`${P}_revocation_last_success_timestamp_seconds 0\n`);
   });
 
   it('reports build info as 1 with the version and Node version', async () => {

@@ -1,7 +1,7 @@
 /**
  * Validated identities, bounded by entries and bytes (lru-cache), keyed by a keyed hash of the token so no raw
  * token is kept in memory. Only successful validations are stored. Results obtained with allow_expired live
- * in a separate key space, so they can neither be served to nor be displaced by requests without a valid
+ * in a separate, smaller LRU, so they can neither be served to nor be displaced by requests without a valid
  * service token (keystonemiddleware bug 1987355).
  */
 import { hash, randomBytes } from 'node:crypto';
@@ -50,8 +50,15 @@ export interface CacheFill {
 
 export type CacheMode = 'normal' | 'allow_expired';
 
+/** lru-cache's own bookkeeping, the entry wrapper and the key (a 43-character string), per entry. */
+const ENTRY_OVERHEAD_BYTES = 200;
+/** allow_expired answers (rare: services finishing long operations) get this fraction of the bounds, on top. */
+const EXPIRED_SHARE = 8;
+
 export class TokenCache {
   readonly #lru: LRUCache<string, Entry> | undefined;
+  /** allow_expired answers: their own, smaller LRU (no key prefix to build per lookup, no crowding out). */
+  readonly #expired: LRUCache<string, Entry> | undefined;
   readonly #ttlMs: number;
   readonly #staleMs: number;
   readonly #now: () => number;
@@ -63,20 +70,26 @@ export class TokenCache {
     this.#staleMs = Math.max(0, Math.floor((options.staleSeconds ?? 0) * 1000));
     this.#now = options.now;
     this.#hashPrefix = `${(options.hashKey ?? randomBytes(32)).toString('hex')}:`;
-    this.#lru =
-      this.#ttlMs > 0 && options.maxEntries > 0
-        ? new LRUCache<string, Entry>({
-            max: options.maxEntries,
-            maxSize: options.maxBytes,
-            sizeCalculation: (entry) => entry.info.sizeBytes + 128,
-            ttl: this.#ttlMs + this.#staleMs,
-            perf: { now: options.now },
-            // Read the clock on every check: a cached "now" would let an entry outlive its TTL by a tick.
-            ttlResolution: 0,
-            // TTLs are checked on read; an interval timer would keep the process alive for nothing.
-            ttlAutopurge: false,
-          })
-        : undefined;
+    const enabled = this.#ttlMs > 0 && options.maxEntries > 0;
+    const lru = (maxEntries: number, maxBytes: number): LRUCache<string, Entry> =>
+      new LRUCache<string, Entry>({
+        max: maxEntries,
+        maxSize: maxBytes,
+        sizeCalculation: (entry) => entry.info.sizeBytes + ENTRY_OVERHEAD_BYTES,
+        ttl: this.#ttlMs + this.#staleMs,
+        perf: { now: options.now },
+        // Read the clock on every check: a cached "now" would let an entry outlive its TTL by a tick.
+        ttlResolution: 0,
+        // TTLs are checked on read; an interval timer would keep the process alive for nothing.
+        ttlAutopurge: false,
+      });
+    this.#lru = enabled ? lru(options.maxEntries, options.maxBytes) : undefined;
+    this.#expired = enabled
+      ? lru(
+          Math.max(1, Math.floor(options.maxEntries / EXPIRED_SHARE)),
+          Math.max(4096, Math.floor(options.maxBytes / EXPIRED_SHARE)),
+        )
+      : undefined;
     const negativeMs = Math.floor((options.negativeSeconds ?? 0) * 1000);
     this.#negative =
       negativeMs > 0
@@ -113,12 +126,10 @@ export class TokenCache {
   }
 
   #entry(key: string, mode: CacheMode): Entry | undefined {
-    const lru = this.#lru;
-    if (lru === undefined) return undefined;
-    const normal = lru.get(`n:${key}`);
+    const normal = this.#lru?.get(key);
     // An identity validated without allow_expired is good for either kind of request; the reverse is not.
     if (normal !== undefined || mode === 'normal') return normal;
-    return lru.get(`e:${key}`);
+    return this.#expired?.get(key);
   }
 
   set(key: string, info: TokenInfo, mode: CacheMode, fill: CacheFill = {}): void {
@@ -130,7 +141,7 @@ export class TokenCache {
     const sharedKey = fill.sharedKey;
     const validatedAtMs = Math.min(now, fill.validatedAtMs ?? now);
     if (mode === 'allow_expired') {
-      lru.set(`e:${key}`, { info, freshUntil: now + ttl, validatedAtMs, sharedKey }, { ttl });
+      this.#expired?.set(key, { info, freshUntil: now + ttl, validatedAtMs, sharedKey }, { ttl });
       return;
     }
     const untilExpiry = info.expiresAtMs - now;
@@ -138,15 +149,15 @@ export class TokenCache {
     if (fresh <= 0) return;
     // Never kept past the token's own expiry, stale or not.
     lru.set(
-      `n:${key}`,
+      key,
       { info, freshUntil: now + fresh, validatedAtMs, sharedKey },
       { ttl: Math.min(fresh + this.#staleMs, untilExpiry) },
     );
   }
 
   delete(key: string): void {
-    this.#lru?.delete(`n:${key}`);
-    this.#lru?.delete(`e:${key}`);
+    this.#lru?.delete(key);
+    this.#expired?.delete(key);
   }
 
   /** Keystone called this token invalid (checked without allow_expired): remember it for a few seconds. */
@@ -164,31 +175,35 @@ export class TokenCache {
    * the dropped entries, so the shared tier forgets them as well.
    */
   sweep(revoked: (info: TokenInfo) => boolean): { evicted: number; sharedKeys: string[] } {
-    const lru = this.#lru;
-    if (lru === undefined) return { evicted: 0, sharedKeys: [] };
-    const doomed: string[] = [];
+    let evicted = 0;
     const sharedKeys = new Set<string>();
-    // Collected first: deleting while iterating would skip entries. Entries inside their stale-if-error
-    // window are still live to lru-cache, so they are visited too.
-    lru.forEach((entry, key) => {
-      if (!revoked(entry.info)) return;
-      doomed.push(key);
-      if (entry.sharedKey !== undefined) sharedKeys.add(entry.sharedKey);
-    });
-    for (const key of doomed) lru.delete(key);
-    return { evicted: doomed.length, sharedKeys: [...sharedKeys] };
+    for (const lru of [this.#lru, this.#expired]) {
+      if (lru === undefined) continue;
+      const doomed: string[] = [];
+      // Collected first: deleting while iterating would skip entries. Entries inside their stale-if-error
+      // window are still live to lru-cache, so they are visited too.
+      lru.forEach((entry, key) => {
+        if (!revoked(entry.info)) return;
+        doomed.push(key);
+        if (entry.sharedKey !== undefined) sharedKeys.add(entry.sharedKey);
+      });
+      for (const key of doomed) lru.delete(key);
+      evicted += doomed.length;
+    }
+    return { evicted, sharedKeys: [...sharedKeys] };
   }
 
   clear(): void {
     this.#lru?.clear();
+    this.#expired?.clear();
     this.#negative?.clear();
   }
 
   get size(): number {
-    return this.#lru?.size ?? 0;
+    return (this.#lru?.size ?? 0) + (this.#expired?.size ?? 0);
   }
 
   get bytes(): number {
-    return this.#lru?.calculatedSize ?? 0;
+    return (this.#lru?.calculatedSize ?? 0) + (this.#expired?.calculatedSize ?? 0);
   }
 }

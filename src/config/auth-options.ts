@@ -171,7 +171,9 @@ export const authOptionsSchema = z
     http_request_timeout_seconds: positiveSeconds
       .default(5)
       .describe('Budget for one validation, service authentication and retries included.'),
-    token_cache_max_entries: count.default(10_000).describe('Most identities kept in the token cache.'),
+    token_cache_max_entries: count
+      .default(10_000)
+      .describe('Most identities kept in the token cache (allow_expired answers: an eighth more, apart).'),
     circuit_breaker_failure_threshold: count
       .default(5)
       .describe('Consecutive Keystone failures after which uncached tokens get 503 at once; 0 disables.'),

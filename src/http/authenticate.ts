@@ -5,6 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
+import { LRUCache } from 'lru-cache';
 import { Agent, type Dispatcher } from 'undici';
 import { type Decision, decide, type RequestFacts, type TokenVerdict } from '../auth/decision.js';
 import { MemcachedStore } from '../auth/memcached.js';
@@ -150,6 +151,9 @@ function defaultDispatcher(options: ResolvedAuthOptions): Dispatcher {
     },
   });
 }
+
+/** Identities whose forwarded headers are kept built: the busy ones, in any realistic traffic mix. */
+const HEADER_CACHE_ENTRIES = 1024;
 
 function sharedTier(
   options: ResolvedAuthOptions,
@@ -313,7 +317,11 @@ export function createAuthenticator(input: AuthOptionsInput, deps: AuthDependenc
   };
   const unauthorized = unauthorizedResponse(wwwAuthenticateUri);
 
-  const confirmedOnly = new WeakMap<TokenInfo, { headers: readonly HeaderPair[]; context: AuthContext }>();
+  // Bounded, not one per cached identity: the built headers cost about 1.9 KB an identity (190 MB for 100k
+  // cached tokens), while the gain (under 5 % of a cached request) only matters for identities in use.
+  const confirmedOnly = new LRUCache<TokenInfo, { headers: readonly HeaderPair[]; context: AuthContext }>({
+    max: HEADER_CACHE_ENTRIES,
+  });
   const toOutcome = (decision: Decision, facts: OutcomeFacts): AuthOutcome => {
     switch (decision.action) {
       case 'reject':

@@ -155,7 +155,8 @@ export function parseTokenBody(body: unknown, options: ParseOptions): TokenInfo 
   const roleIds = internList(strings(roles.map((role) => role?.id)));
   const expiresAtMs = parseTime(token.expires_at, 'expires_at');
   const issuedAtMs = token.issued_at === undefined ? 0 : parseTime(token.issued_at, 'issued_at');
-  const auditIds = Object.freeze(Array.isArray(token.audit_ids) ? strings(token.audit_ids) : []);
+  // slice(): filter() leaves room for 17 elements (150 bytes for one audit id); kept per identity, it adds up.
+  const auditIds = Object.freeze(Array.isArray(token.audit_ids) ? strings(token.audit_ids).slice() : []);
   const methods = internList(Array.isArray(token.methods) ? strings(token.methods) : []);
   const appCredId = str(appCred?.id);
   const accessRules = parseAccessRules(appCred?.access_rules);

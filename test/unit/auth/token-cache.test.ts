@@ -112,4 +112,53 @@ describe('TokenCache', () => {
     cache.delete('k');
     expect(cache.get('k', 'allow_expired')).toBeUndefined();
   });
+
+  it('allow_expired answers have their own, smaller bound: they cannot push out normal identities', () => {
+    const c = clock();
+    const cache = new TokenCache({ ...base, maxEntries: 16, now: c.now });
+    for (let i = 0; i < 16; i++) cache.set(`n${i}`, identity(c.now(), 3_600_000), 'normal');
+    for (let i = 0; i < 50; i++) cache.set(`e${i}`, identity(c.now(), -1), 'allow_expired');
+    for (let i = 0; i < 16; i++) expect(cache.get(`n${i}`, 'normal'), `n${i}`).toBeDefined();
+    // An eighth of 16: the two most recent allow_expired answers.
+    expect(cache.size).toBe(18);
+    expect(cache.get('e49', 'allow_expired')).toBeDefined();
+    expect(cache.get('e47', 'allow_expired')).toBeUndefined();
+  });
+
+  it('sweep drops what a revocation selects, from both LRUs, and returns their memcached keys', () => {
+    const c = clock();
+    const cache = new TokenCache({ ...base, now: c.now });
+    cache.set('a', identity(c.now(), 3_600_000, 'alice'), 'normal', { sharedKey: 'tokens/a' });
+    cache.set('b', identity(c.now(), 3_600_000, 'bob'), 'normal', { sharedKey: 'tokens/b' });
+    cache.set('x', identity(c.now(), -1, 'alice'), 'allow_expired');
+    const result = cache.sweep((info) => info.userId === 'alice');
+    expect(result).toEqual({ evicted: 2, sharedKeys: ['tokens/a'] });
+    expect(cache.get('a', 'normal')).toBeUndefined();
+    expect(cache.get('x', 'allow_expired')).toBeUndefined();
+    expect(cache.get('b', 'normal')?.userId).toBe('bob');
+  });
+
+  it('an entry from memcached keeps only the time it had left there, and its validation time', () => {
+    const c = clock();
+    const cache = new TokenCache({ ...base, now: c.now });
+    const validatedAtMs = c.now() - 200_000;
+    cache.set('k', identity(c.now(), 3_600_000), 'normal', { maxFreshMs: 100_000, validatedAtMs });
+    expect(cache.lookup('k', 'normal')?.validatedAtMs).toBe(validatedAtMs);
+    c.advance(99_000);
+    expect(cache.get('k', 'normal')).toBeDefined();
+    c.advance(2_000);
+    expect(cache.get('k', 'normal')).toBeUndefined();
+  });
+
+  it('negative cache: only when enabled, for its own TTL', () => {
+    const c = clock();
+    const off = new TokenCache({ ...base, now: c.now });
+    off.setInvalid('k');
+    expect(off.isKnownInvalid('k')).toBe(false);
+    const on = new TokenCache({ ...base, negativeSeconds: 5, now: c.now });
+    on.setInvalid('k');
+    expect(on.isKnownInvalid('k')).toBe(true);
+    c.advance(5_001);
+    expect(on.isKnownInvalid('k')).toBe(false);
+  });
 });

@@ -7,7 +7,7 @@
  * Needs wrk (apt-get install wrk); the keystonemiddleware rows need Debian's python3-keystonemiddleware + uwsgi.
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,10 +16,17 @@ import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../test/
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const { values: args } = parseArgs({
-  options: { seconds: { type: 'string', default: '8' }, only: { type: 'string' } },
+  options: {
+    seconds: { type: 'string', default: '8' },
+    only: { type: 'string' },
+    // CI: one second of two scenarios, warm-up shortened, exit 1 unless both answered 2xx without errors.
+    smoke: { type: 'boolean', default: false },
+  },
 });
-const SECONDS = Number(args.seconds);
-const ONLY = args.only?.split(',');
+const SMOKE = args.smoke === true;
+const SECONDS = SMOKE ? 1 : Number(args.seconds);
+const ONLY = SMOKE ? ['bare forwarder', 'cached token (workers 1)'] : args.only?.split(',');
+const WARM_UP = SMOKE ? '-d1s' : '-d2s';
 const CONNECTIONS = 32;
 const KEYSTONE_LATENCY_MS = 20;
 const exec = promisify(execFile);
@@ -30,6 +37,36 @@ interface WrkResult {
   p99ms: number;
   non2xx: number;
   errors: number;
+  /** CPU used by the server under test (its process and its children, e.g. workers), in cores. */
+  cores: number;
+}
+
+/** Base URL → pid of the server process under test, to account for the CPU it used. */
+const serverPids = new Map<string, number>();
+const CLOCK_TICKS_PER_SECOND = 100;
+
+/** utime + stime, in seconds, of `pid` and every descendant (cluster workers, uwsgi workers). */
+function treeCpuSeconds(pid: number): number {
+  const stats = new Map<number, { ppid: number; ticks: number }>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const text = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // Fields after the command name (which may hold spaces) start at the last ')'.
+      const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+      stats.set(Number(entry), { ppid: Number(fields[1]), ticks: Number(fields[11]) + Number(fields[12]) });
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  let ticks = 0;
+  const queue = [pid];
+  while (queue.length > 0) {
+    const current = queue.pop() as number;
+    ticks += stats.get(current)?.ticks ?? 0;
+    for (const [child, stat] of stats) if (stat.ppid === current) queue.push(child);
+  }
+  return ticks / CLOCK_TICKS_PER_SECOND;
 }
 
 const ms = (text: string | undefined): number => {
@@ -39,10 +76,20 @@ const ms = (text: string | undefined): number => {
   return match[2] === 'us' ? value / 1000 : match[2] === 's' ? value * 1000 : value;
 };
 
-async function wrk(url: string, headers: Record<string, string> = {}, script?: string): Promise<WrkResult> {
+/** `alsoCount`: more servers (base URLs) whose CPU belongs to this scenario, e.g. the app behind the sidecar. */
+async function wrk(
+  url: string,
+  headers: Record<string, string> = {},
+  script?: string,
+  alsoCount: readonly string[] = [],
+): Promise<WrkResult> {
   const head = Object.entries(headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]);
   const lua = script === undefined ? [] : ['-s', script];
-  await exec('wrk', ['-t1', `-c${CONNECTIONS}`, '-d2s', ...head, ...lua, url]);
+  await exec('wrk', ['-t1', `-c${CONNECTIONS}`, WARM_UP, ...head, ...lua, url]);
+  const pids = [url, ...alsoCount].map((u) => serverPids.get(new URL(u).origin));
+  const cpu = (): number =>
+    pids.reduce<number>((sum, pid) => sum + (pid === undefined ? Number.NaN : treeCpuSeconds(pid)), 0);
+  const cpuBefore = cpu();
   const { stdout } = await exec('wrk', [
     '-t1',
     `-c${CONNECTIONS}`,
@@ -52,6 +99,7 @@ async function wrk(url: string, headers: Record<string, string> = {}, script?: s
     ...lua,
     url,
   ]);
+  const cores = (cpu() - cpuBefore) / SECONDS;
   const errors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(stdout);
   return {
     rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1]),
@@ -59,6 +107,7 @@ async function wrk(url: string, headers: Record<string, string> = {}, script?: s
     p99ms: ms(/^\s*99(?:\.0+)?%\s+(\S+)/m.exec(stdout)?.[1]),
     non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(stdout)?.[1] ?? 0),
     errors: errors ? errors.slice(1).reduce((a, b) => a + Number(b), 0) : 0,
+    cores,
   };
 }
 
@@ -86,7 +135,9 @@ function startChild(
         // Stop reading what it prints (access logs): the driver must not spend the cores it is measuring.
         child.stdout?.off('data', onData);
         child.stdout?.resume();
-        resolve(found[1].startsWith('http') ? found[1] : `http://127.0.0.1:${found[1]}`);
+        const url = found[1].startsWith('http') ? found[1] : `http://127.0.0.1:${found[1]}`;
+        if (child.pid !== undefined) serverPids.set(new URL(url).origin, child.pid);
+        resolve(url);
       }
     };
     child.stdout?.on('data', onData);
@@ -118,7 +169,14 @@ ${extra}
 `,
   );
   // log level info, as operators run it: one access-log line per request, in every proxy row alike.
-  return startChild(process.execPath, ['dist/cli.js', '--config', file], /"listen":"(http:\/\/[^"]+)"/, {});
+  // BENCH_CLI_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", to profile the proxy under this load.
+  const nodeArgs = process.env.BENCH_CLI_NODE_ARGS?.split(' ').filter((arg) => arg.length > 0) ?? [];
+  return startChild(
+    process.execPath,
+    [...nodeArgs, 'dist/cli.js', '--config', file],
+    /"listen":"(http:\/\/[^"]+)"/,
+    {},
+  );
 }
 
 function luaTokens(tokens: string[], cachedShare: number, cached: string): string {
@@ -195,6 +253,8 @@ application = AuthProtocol(app, {'oslo_config_project': 'bench', 'oslo_config_fi
     );
     children.push(child);
     const url = `http://127.0.0.1:${port}`;
+    // env -i execs uwsgi: same pid, whose children are the uwsgi workers.
+    if (child.pid !== undefined) serverPids.set(url, child.pid);
     for (let i = 0; i < 100; i++) {
       try {
         await fetch(url, { headers: { 'x-auth-token': token } });
@@ -214,7 +274,7 @@ application = AuthProtocol(app, {'oslo_config_project': 'bench', 'oslo_config_fi
   return {
     'wsgi app alone (uwsgi, 2 workers)': await wrk(`${plain}/v1`),
     'keystonemiddleware + wsgi app, cached token': await wrk(`${ksm}/v1`, h),
-    'our sidecar (workers: auto) + wsgi app, cached token': await wrk(`${ours}/v1`, h),
+    'our sidecar (workers: auto) + wsgi app, cached token': await wrk(`${ours}/v1`, h, undefined, [plain]),
   };
 }
 
@@ -279,6 +339,7 @@ async function main(): Promise<void> {
     Object.assign(rows, await ksmRows(keystone, token));
 
   const rps = (name: string) => rows[name]?.rps ?? Number.NaN;
+  const perCore = (name: string) => rps(name) / (rows[name]?.cores ?? Number.NaN);
   const ratios: Record<string, number> = {
     'sidecar cached / bare forwarder (target >= 0.95)':
       rps('sidecar, cached token (workers 1)') / rps('bare forwarder (auth off, workers 1)'),
@@ -296,17 +357,26 @@ async function main(): Promise<void> {
       rps('keystonemiddleware + wsgi app, cached token'),
     '2 workers / 1 worker (target >= 1.7 with an external load generator)':
       rps('sidecar, cached token (workers 2)') / rps('sidecar, cached token (workers 1)'),
+    // The load generator and the upstream share the 2 cores: per core the server actually got, auth's cost
+    // and the workers' scaling show without that contention.
+    'sidecar cached / bare forwarder, per proxy core':
+      perCore('sidecar, cached token (workers 1)') / perCore('bare forwarder (auth off, workers 1)'),
+    '2 workers / 1 worker, per proxy core (1.0 = linear: N workers on N free cores give N x)':
+      perCore('sidecar, cached token (workers 2)') / perCore('sidecar, cached token (workers 1)'),
+    'our sidecar / keystonemiddleware, per server core (sidecar + app vs ksm in the app)':
+      perCore('our sidecar (workers: auto) + wsgi app, cached token') /
+      perCore('keystonemiddleware + wsgi app, cached token'),
   };
 
   const machine = `${availableParallelism()} cores (${cpus()[0]?.model ?? '?'}), ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
   const lines = [
     `machine: ${machine}; wrk -t1 -c${CONNECTIONS} -d${SECONDS}s after 2 s of warm-up, sharing the cores`,
     '',
-    '| scenario | req/s | p50 ms | p99 ms | non-2xx | socket errors |',
-    '|---|---|---|---|---|---|',
+    '| scenario | req/s | p50 ms | p99 ms | non-2xx | socket errors | server cores | req/s per server core |',
+    '|---|---|---|---|---|---|---|---|',
     ...Object.entries(rows).map(
       ([name, r]) =>
-        `| ${name} | ${Math.round(r.rps)} | ${r.p50ms.toFixed(2)} | ${r.p99ms.toFixed(2)} | ${r.non2xx} | ${r.errors} |`,
+        `| ${name} | ${Math.round(r.rps)} | ${r.p50ms.toFixed(2)} | ${r.p99ms.toFixed(2)} | ${r.non2xx} | ${r.errors} | ${r.cores.toFixed(2)} | ${Math.round(r.rps / r.cores)} |`,
     ),
     '',
     '| ratio | value |',
@@ -322,6 +392,15 @@ async function main(): Promise<void> {
     `${JSON.stringify({ date: new Date().toISOString(), machine, seconds: SECONDS, rows, ratios }, null, 2)}\n`,
   );
   await keystone.close();
+  if (SMOKE) {
+    const bad = Object.entries(rows).filter(([, r]) => !(r.rps > 0) || r.non2xx > 0 || r.errors > 0);
+    if (Object.keys(rows).length !== 2 || bad.length > 0) {
+      console.error(`bench smoke failed: ${JSON.stringify(bad.length > 0 ? bad : rows)}`);
+      process.exitCode = 1;
+    } else {
+      console.log('bench smoke: ok');
+    }
+  }
 }
 
 main()

@@ -318,7 +318,9 @@ function memcacheIssues(o: Parsed): { path: string; message: string }[] {
     });
   }
   for (const server of o.memcached_servers ?? o.memcache_servers ?? []) {
-    if (!/^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):\d{1,5}$/.test(server)) {
+    // python-memcached's forms: host, host:port, inet:host:port, [v6]:port, inet6:[v6]:port (port 11211 if
+    // left out); unix sockets are not supported here.
+    if (!/^(inet6?:)?(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+)(:\d{1,5})?$/.test(server)) {
       issues.push({ path: 'memcached_servers', message: `"${server}" is not host:port` });
     }
   }

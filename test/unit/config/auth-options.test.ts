@@ -137,7 +137,7 @@ describe('resolveAuthOptions', () => {
         resolveAuthOptions(
           {
             ...minimal,
-            memcached_servers: 'nohost, ok:1',
+            memcached_servers: 'unix:/run/memcached.sock, ok:1, bare-host, inet6:[::1]:11211',
             memcache_security_strategy: 'AES',
             memcache_tls_enabled: true,
             memcache_sasl_enabled: 'yes',
@@ -157,7 +157,12 @@ describe('resolveAuthOptions', () => {
       'keystone_authtoken.memcache_tls_enabled',
     ]);
     expect(() => mc({ memcache_security_strategy: 'MAC' })).toThrow(/memcache_secret_key/);
-    expect(() => mc({ memcached_servers: 'nohost' })).toThrow(/"nohost" is not host:port/);
+    expect(() => mc({ memcached_servers: 'a b:1' })).toThrow(/"a b:1" is not host:port/);
+    expect(() => mc({ memcached_servers: 'unix:/run/memcached.sock' })).toThrow(/is not host:port/);
+    expect(mc({ memcached_servers: 'bare-host, inet6:[::1]:11211' })?.servers).toEqual([
+      'bare-host',
+      'inet6:[::1]:11211',
+    ]);
   });
 
   it('parses enforce_token_bind modes', () => {

@@ -130,6 +130,26 @@ export async function decide(
   return { action: 'forward', user, service };
 }
 
+/**
+ * The common case without a Keystone call: no service token, and the user token already known valid (a cache
+ * hit). Exactly what `decide` concludes for that case; `undefined` when the request is not that case.
+ */
+export function decideCachedUser(
+  request: RequestFacts,
+  policy: DecisionPolicy,
+  lookup: (token: string) => TokenInfo | undefined,
+): Decision | undefined {
+  const tokens = extractTokens(request.headers);
+  if (tokens.service !== undefined || tokens.user === undefined || tokens.user.length === 0) return undefined;
+  const info = lookup(tokens.user);
+  if (info === undefined) return undefined;
+  const user = confirmUser(info, request, policy, false);
+  if (user.status !== 'Confirmed' && !policy.delayAuthDecision) {
+    return { action: 'reject', reason: user.reason ?? 'missing' };
+  }
+  return { action: 'forward', user, service: undefined };
+}
+
 function confirmUser(
   info: TokenInfo,
   request: RequestFacts,

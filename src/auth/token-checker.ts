@@ -56,6 +56,23 @@ export class TokenChecker {
     return this.#inflight.size;
   }
 
+  /**
+   * A cache hit answered synchronously (no promise, no microtask), for a request without allow_expired;
+   * `undefined` for anything else (miss, expired, known invalid), which `check` then handles in full.
+   */
+  checkCached(token: string): TokenInfo | undefined {
+    const { cache, observer } = this.#options;
+    const key = cache.keyOf(token);
+    const cached = cache.lookup(key, 'normal');
+    if (cached === undefined || this.#expired(cached.info)) return undefined;
+    const revalidateAfterMs = this.#options.revalidateAfterMs ?? 0;
+    if (revalidateAfterMs > 0 && this.#options.now() - cached.validatedAtMs >= revalidateAfterMs) {
+      this.#revalidate(token, key, 'normal');
+    }
+    observer.cache?.('hit');
+    return cached.info;
+  }
+
   async check(token: string, allowExpired: boolean): Promise<TokenCheck> {
     if (token.length === 0) return { status: 'invalid', reason: 'missing' };
     const { cache, observer } = this.#options;

@@ -256,7 +256,7 @@ describe.skipIf(!cliBuilt())('sidecar end to end (real CLI)', () => {
       expect(received).toBe(mb * 1024 * 1024);
     };
     // Peaks, not samples (see peakRssMb): streaming 200 MB after a warm-up of the same size must not raise the
-    // peak by more than a few MB (buffering adds 100 MB).
+    // peak by more than GC noise (buffering adds 100 MB).
     const peak = (work: () => Promise<void>): Promise<number> => peakRssMb(pid, work);
     const startMb = rssKb(pid) / 1024;
     const warm = await peak(() => transfer(100));
@@ -268,8 +268,10 @@ describe.skipIf(!cliBuilt())('sidecar end to end (real CLI)', () => {
       `proxy RSS ${startMb.toFixed(1)} MB before, peak ${warm.toFixed(1)} MB warming up, ` +
         `${measured.toFixed(1)} MB over the next 400 MB streamed`,
     );
-    // No accumulation with volume, and never a whole 100 MB body held on top of the working size.
-    expect(measured - warm).toBeLessThan(8);
+    // No accumulation with volume, and never a whole 100 MB body held on top of the working size. Peaks move by
+    // up to 20 MB between runs with GC timing (119-140 MB seen for the same code), so the bound is 32 MB, well
+    // under the 100 MB that buffering one body would add.
+    expect(measured - warm).toBeLessThan(32);
     expect(measured - startMb).toBeLessThan(100);
   });
 

@@ -1,5 +1,6 @@
+import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
-import { bindAllows, type DecisionPolicy, decide } from '../../../src/auth/decision.js';
+import { bindAllows, type DecisionPolicy, decide, decideCachedUser } from '../../../src/auth/decision.js';
 import type { TokenCheck } from '../../../src/auth/token-checker.js';
 import type { BindMode } from '../../../src/config/auth-options.js';
 import { KeystoneUnavailableError } from '../../../src/errors.js';
@@ -266,5 +267,51 @@ describe('token bind', () => {
     expect(
       (await decide(request({ 'x-auth-token': 'k', 'x-service-token': 's' }), policy, check)).action,
     ).toBe('forward');
+  });
+});
+
+describe('decideCachedUser: the synchronous cached path', () => {
+  const infos = [USER, RULED, KERBEROS, SERVICE];
+  const modes: BindMode[] = ['disabled', 'permissive', 'strict', 'required', { name: 'kerberos' }];
+
+  it('decides exactly as decide does when the user token is valid, for every policy and request', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom(...infos),
+        fc.boolean(),
+        fc.constantFrom(...modes),
+        fc.constantFrom('GET', 'POST', 'DELETE'),
+        fc.constantFrom('/servers', '/servers/x', '/images', '/', '/servers/../images'),
+        fc.constantFrom('compute', 'image', undefined),
+        fc.constantFrom<Record<string, string>>(
+          { 'x-auth-token': 'tok' },
+          { 'x-storage-token': 'tok' },
+          { 'x-auth-token': ' tok ' },
+        ),
+        async (i, delay, bind, method, path, serviceType, headers) => {
+          const p: DecisionPolicy = {
+            ...policy,
+            delayAuthDecision: delay,
+            enforceTokenBind: bind,
+            serviceType,
+          };
+          const req = request(headers, method, path);
+          const sync = decideCachedUser(req, p, (t) => (t === 'tok' ? i : undefined));
+          const full = await decide(req, p, checker({ tok: valid(i) }));
+          expect(sync).toEqual(full);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it('declines what it cannot decide without Keystone: a miss, a service token, no or a blank token', () => {
+    const hit = () => USER;
+    expect(decideCachedUser(request({ 'x-auth-token': 'tok' }), policy, () => undefined)).toBeUndefined();
+    expect(
+      decideCachedUser(request({ 'x-auth-token': 'tok', 'x-service-token': 's' }), policy, hit),
+    ).toBeUndefined();
+    expect(decideCachedUser(request({}), policy, hit)).toBeUndefined();
+    expect(decideCachedUser(request({ 'x-auth-token': '  ' }), policy, hit)).toBeUndefined();
   });
 });

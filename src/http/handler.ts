@@ -10,11 +10,11 @@ import {
   createAuthenticator,
 } from './authenticate.js';
 import {
-  decorateUnauthorized,
   injectIdentity,
   requestFacts,
   sendPrepared,
   stripRequestIdentity,
+  unauthorizedDecorator,
 } from './node-request.js';
 
 /** Where the handler leaves the caller's identity on the request. */
@@ -42,6 +42,7 @@ export function createAuthTokenHandler(
   deps?: AuthDependencies,
 ): AuthTokenHandler {
   const authenticator = isAuthenticator(options) ? options : createAuthenticator(options, deps);
+  const decorateUnauthorized = unauthorizedDecorator(authenticator.wwwAuthenticate);
   const handler = (req: IncomingMessage, res: ServerResponse, next: NextFunction): void => {
     stripRequestIdentity(req);
     authenticator
@@ -53,7 +54,7 @@ export function createAuthTokenHandler(
         }
         injectIdentity(req, outcome.headers);
         (req as AuthenticatedRequest)[AUTH_CONTEXT] = outcome.context;
-        decorateUnauthorized(res, authenticator.wwwAuthenticate);
+        decorateUnauthorized(res);
         next();
       })
       .catch((error: unknown) => {

@@ -36,29 +36,15 @@ function baseOptions(): AuthOptionsInput {
     memcached_servers: `127.0.0.1:${memcached.port}`,
     memcache_security_strategy: 'ENCRYPT',
     memcache_secret_key: 'shared-secret',
+    memcache_pool_socket_timeout: 0.2,
+    memcache_pool_dead_retry: 1,
     revocation_poll_interval_seconds: 0,
   };
 }
 
 function replica(extra: Partial<AuthOptionsInput> = {}, seen: Seen = { cache: [], memcached: [] }) {
   const auth = createAuthenticator(
-    {
-      www_authenticate_uri: 'http://keystone.example:5000',
-      auth_url: keystone.url,
-      username: users.proxy.name,
-      password: users.proxy.password,
-      user_domain_name: 'Default',
-      project_name: projects.service.name,
-      project_domain_name: 'Default',
-      http_request_timeout_seconds: 1,
-      memcached_servers: `127.0.0.1:${memcached.port}`,
-      memcache_security_strategy: 'ENCRYPT',
-      memcache_secret_key: 'shared-secret',
-      memcache_pool_socket_timeout: 0.2,
-      memcache_pool_dead_retry: 1,
-      revocation_poll_interval_seconds: 0,
-      ...extra,
-    },
+    { ...baseOptions(), ...extra },
     {
       observer: {
         cache: (event) => seen.cache.push(event),
@@ -347,18 +333,9 @@ describe.skipIf(skipWithoutMemcached)('shared memcached tier', () => {
   describe('background re-validation (token_revalidate_seconds)', () => {
     it('a cached identity Keystone no longer accepts is dropped without holding a request', async () => {
       let now = Date.now();
+      // This process's cache alone: the shared tier is not what is tested here.
       const auth = createAuthenticator(
-        {
-          www_authenticate_uri: 'http://keystone.example:5000',
-          auth_url: keystone.url,
-          username: users.proxy.name,
-          password: users.proxy.password,
-          user_domain_name: 'Default',
-          project_name: projects.service.name,
-          project_domain_name: 'Default',
-          token_revalidate_seconds: 30,
-          revocation_poll_interval_seconds: 0,
-        },
+        { ...baseOptions(), memcached_servers: undefined, token_revalidate_seconds: 30 },
         { now: () => now },
       );
       open.push(auth);

@@ -5,6 +5,7 @@
 
 import type { DestinationStream, Logger as PinoLogger } from 'pino';
 import { pino } from 'pino';
+import sonicBoom, { type SonicBoom as SonicBoomClass } from 'sonic-boom';
 import type { Logger } from './observer.js';
 
 export interface LoggerOptions {
@@ -36,6 +37,52 @@ export const REDACT_PATHS: readonly string[] = Object.freeze([
   '*.application_credential_secret',
 ]);
 
+/** At exit, how many times (100 ms apart) a stalled log reader is waited for before the rest is dropped. */
+const EXIT_WRITE_RETRIES = 20;
+/** Lines kept in memory for a stalled log reader; past this they are dropped, never the process's memory. */
+const MAX_BUFFERED_LOG_BYTES = 16 * 1024 * 1024;
+
+/**
+ * stdout for the logs, such that a log reader that went away (EPIPE) or stopped reading (a full pipe) can never
+ * keep the process from exiting: pino's own stdout destination (sonic-boom 4) retries a failed synchronous flush at
+ * exit forever, so SIGTERM never ended the process. Here: sonic-boom 5 (which gives up on errors other than
+ * EAGAIN), logging stops at the first EPIPE, at most 16 MiB wait for a stalled reader (then lines are dropped,
+ * said once on stderr), and the exit flush waits at most 2 s for it. Requests never wait for the logs.
+ */
+export function stdoutDestination(fd = 1): DestinationStream {
+  // A CommonJS module: its default import is the constructor, which its types declare as a named class.
+  const stream = new (sonicBoom as unknown as typeof SonicBoomClass)({
+    fd,
+    minLength: 0,
+    maxLength: MAX_BUFFERED_LOG_BYTES,
+  });
+  let broken = false;
+  stream.once('drop', () => {
+    process.stderr.write('keystone-auth-proxy: stdout is not being read: log lines are being dropped\n');
+  });
+  const stop = (): void => {
+    broken = true;
+    stream.write = () => true;
+  };
+  stream.on('error', (error: NodeJS.ErrnoException) => {
+    if (broken) return;
+    stop();
+    // Nothing can be logged any more; stderr may still be read.
+    if (error.code !== 'EPIPE')
+      process.stderr.write(`keystone-auth-proxy: logging stopped: ${error.message}\n`);
+  });
+  process.once('exit', () => {
+    if (broken) return;
+    (stream as unknown as { maxWriteRetries: number }).maxWriteRetries = EXIT_WRITE_RETRIES;
+    try {
+      stream.flushSync();
+    } catch {
+      // The reader is gone or stalled: what is left of the logs cannot be written.
+    }
+  });
+  return stream;
+}
+
 export function createLogger(options: LoggerOptions): PinoLogger {
   const logger = pino(
     {
@@ -45,7 +92,9 @@ export function createLogger(options: LoggerOptions): PinoLogger {
       redact: { paths: [...REDACT_PATHS], censor: REDACTED },
       ...(options.base === undefined ? {} : { base: options.base }),
     },
-    options.format === 'pretty' ? prettyDestination(options.destination) : options.destination,
+    options.format === 'pretty'
+      ? prettyDestination(options.destination)
+      : (options.destination ?? stdoutDestination()),
   );
   // Compile-time proof that the engine can take this logger as is.
   return logger satisfies Logger;
@@ -63,7 +112,7 @@ const LEVEL_COLOURS: Record<string, string> = {
 const HEAD_KEYS = new Set(['time', 'level', 'msg', 'pid', 'hostname']);
 
 function prettyDestination(target: DestinationStream | undefined): DestinationStream {
-  const out = target ?? pino.destination(1);
+  const out = target ?? stdoutDestination();
   const tty = (target === undefined ? process.stdout.isTTY : (target as { isTTY?: unknown }).isTTY) === true;
   const colour = tty && process.env.NO_COLOR === undefined;
   return {

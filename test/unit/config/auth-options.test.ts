@@ -198,10 +198,12 @@ describe('README', () => {
   it('documents every option with its default', async () => {
     const { readFileSync } = await import('node:fs');
     const readme = readFileSync(new URL('../../../README.md', import.meta.url), 'utf8');
-    for (const { name, default: value } of describeAuthOptions()) {
+    for (const { name, default: value, description } of describeAuthOptions()) {
       const row = readme.split('\n').find((line) => new RegExp(`^\\|\\s*\`${name}\`\\s*\\|`).test(line));
       expect(row, name).toBeDefined();
       if (value !== '') expect(row, name).toContain(`\`${value}\``);
+      // The table is generated (npm run docs:options): a changed description must be regenerated too.
+      expect(row, name).toContain(description);
     }
   });
 });

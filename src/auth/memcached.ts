@@ -11,7 +11,10 @@
 import { createRequire } from 'node:module';
 import { performance } from 'node:perf_hooks';
 import { crc32 } from 'node:zlib';
+import { parseMemcachedServer } from '../config/auth-options.js';
 import type { Logger, MemcachedOperation, MemcachedOutcome } from '../observability/observer.js';
+
+export { parseMemcachedServer };
 
 export interface MemcachedStoreOptions {
   /**
@@ -62,7 +65,6 @@ interface MemjsModule {
 
 const memjs = createRequire(import.meta.url)('memjs') as MemjsModule;
 
-const DEFAULT_PORT = 11211;
 /** memcached reads a longer expiry as an absolute Unix time; 0 means never: neither may be sent. */
 const MAX_TTL_SECONDS = 30 * 24 * 3600;
 /**
@@ -75,17 +77,6 @@ const SERVER_ANSWERED = /^MemJS (GET|SET|DELETE): /;
 /** python-memcached's `cmemcache_hash`: 15 bits of the key's CRC-32, never 0. */
 export function memcachedServerHash(key: string): number {
   return (crc32(Buffer.from(key, 'utf8')) >>> 16) & 0x7fff || 1;
-}
-
-/** Host and port of one `memcached_servers` entry, as python-memcached parses it (minus unix sockets). */
-export function parseMemcachedServer(spec: string): { host: string; port: number } {
-  const match =
-    /^(?:inet6:)?\[([^[\]]+)\](?::(\d+))?$/.exec(spec) ?? /^(?:inet:)?([^:[\]]+)(?::(\d+))?$/.exec(spec);
-  const port = match?.[2] === undefined ? DEFAULT_PORT : Number(match[2]);
-  if (!match?.[1] || !Number.isInteger(port) || port < 1 || port > 65535) {
-    throw new TypeError(`memcached server "${spec}" is not host:port, [ipv6]:port or inet6:[ipv6]:port`);
-  }
-  return { host: match[1], port };
 }
 
 /** Whole seconds in [1, 30 days]. */

@@ -8,7 +8,7 @@ import type { TokenValidator } from '../keystone/client.js';
 import { MalformedTokenBodyError, parseTokenBody, type TokenInfo } from '../keystone/token-info.js';
 import type { AuthObserver, Logger } from '../observability/observer.js';
 import type { SharedTokenCache } from './shared-cache.js';
-import type { CacheMode, TokenCache } from './token-cache.js';
+import type { CachedIdentity, CacheMode, TokenCache } from './token-cache.js';
 
 export type TokenSource = 'cache' | 'shared' | 'keystone' | 'stale';
 
@@ -61,16 +61,11 @@ export class TokenChecker {
    * `undefined` for anything else (miss, expired, known invalid), which `check` then handles in full.
    */
   checkCached(token: string): TokenInfo | undefined {
-    const { cache, observer } = this.#options;
+    const { cache } = this.#options;
     const key = cache.keyOf(token);
     const cached = cache.lookup(key, 'normal');
     if (cached === undefined || this.#expired(cached.info)) return undefined;
-    const revalidateAfterMs = this.#options.revalidateAfterMs ?? 0;
-    if (revalidateAfterMs > 0 && this.#options.now() - cached.validatedAtMs >= revalidateAfterMs) {
-      this.#revalidate(token, key, 'normal');
-    }
-    observer.cache?.('hit');
-    return cached.info;
+    return this.#served(token, key, 'normal', cached);
   }
 
   async check(token: string, allowExpired: boolean): Promise<TokenCheck> {
@@ -86,12 +81,7 @@ export class TokenChecker {
         cache.delete(key);
         return { status: 'invalid', reason: 'expired' };
       }
-      const revalidateAfterMs = this.#options.revalidateAfterMs ?? 0;
-      if (revalidateAfterMs > 0 && this.#options.now() - cached.validatedAtMs >= revalidateAfterMs) {
-        this.#revalidate(token, key, mode);
-      }
-      observer.cache?.('hit');
-      return { status: 'valid', info, source: 'cache' };
+      return { status: 'valid', info: this.#served(token, key, mode, cached), source: 'cache' };
     }
     if (!allowExpired && cache.isKnownInvalid(key)) {
       observer.cache?.('negative_hit');
@@ -111,6 +101,16 @@ export class TokenChecker {
     // Keystone does not return expired tokens without allow_expired, but clocks differ: re-check like ksm.
     if (!allowExpired && this.#expired(result.info)) return { status: 'invalid', reason: 'expired' };
     return result;
+  }
+
+  /** A cache hit being served: counted, and sent for background re-validation when it is old enough. */
+  #served(token: string, key: string, mode: CacheMode, cached: CachedIdentity): TokenInfo {
+    const revalidateAfterMs = this.#options.revalidateAfterMs ?? 0;
+    if (revalidateAfterMs > 0 && this.#options.now() - cached.validatedAtMs >= revalidateAfterMs) {
+      this.#revalidate(token, key, mode);
+    }
+    this.#options.observer.cache?.('hit');
+    return cached.info;
   }
 
   /** One background validation per token at a time; its answer replaces or removes the cached identity. */

@@ -306,6 +306,22 @@ function toIssues(error: z.ZodError, prefix: string): ConfigIssue[] {
   );
 }
 
+const DEFAULT_MEMCACHED_PORT = 11211;
+
+/**
+ * Host and port of one `memcached_servers` entry, in python-memcached's forms: host, host:port, inet:host:port,
+ * [v6]:port, inet6:[v6]:port (port 11211 when left out). Unix sockets are not supported here.
+ */
+export function parseMemcachedServer(spec: string): { host: string; port: number } {
+  const match =
+    /^(?:inet6:)?\[([^[\]]+)\](?::(\d+))?$/.exec(spec) ?? /^(?:inet:)?([^\s:[\]]+)(?::(\d+))?$/.exec(spec);
+  const port = match?.[2] === undefined ? DEFAULT_MEMCACHED_PORT : Number(match[2]);
+  if (!match?.[1] || !Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new TypeError(`memcached server "${spec}" is not host:port, [ipv6]:port or inet6:[ipv6]:port`);
+  }
+  return { host: match[1], port };
+}
+
 function memcacheIssues(o: Parsed): { path: string; message: string }[] {
   const issues: { path: string; message: string }[] = [];
   if (
@@ -318,10 +334,10 @@ function memcacheIssues(o: Parsed): { path: string; message: string }[] {
     });
   }
   for (const server of o.memcached_servers ?? o.memcache_servers ?? []) {
-    // python-memcached's forms: host, host:port, inet:host:port, [v6]:port, inet6:[v6]:port (port 11211 if
-    // left out); unix sockets are not supported here.
-    if (!/^(inet6?:)?(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+)(:\d{1,5})?$/.test(server)) {
-      issues.push({ path: 'memcached_servers', message: `"${server}" is not host:port` });
+    try {
+      parseMemcachedServer(server);
+    } catch (error) {
+      issues.push({ path: 'memcached_servers', message: (error as Error).message });
     }
   }
   return issues;

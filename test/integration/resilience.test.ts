@@ -72,7 +72,8 @@ describe('circuit breaker', () => {
     expect(
       outcome.action === 'respond' && Number(outcome.response.headers['Retry-After']),
     ).toBeGreaterThanOrEqual(29);
-    expect(elapsedMs).toBeLessThan(50);
+    // Refused without a Keystone round trip: the validate count below is the proof, the time only a sanity check.
+    expect(elapsedMs).toBeLessThan(1_000);
     expect(keystone.count('validate')).toBe(validations);
   });
 

@@ -50,6 +50,11 @@ const MAX_BUFFERED_LOG_BYTES = 16 * 1024 * 1024;
  * said once on stderr), and the exit flush waits at most 2 s for it. Requests never wait for the logs.
  */
 export function stdoutDestination(fd = 1): DestinationStream {
+  // A pipe that a child process inherits as stdout is in blocking mode: a write to a full one would block a
+  // libuv thread for good, and the exit with it (threads are joined at exit), whatever the retry bounds below.
+  // Opening Node's own stdout handle switches the pipe to non-blocking (libuv does for pipes and sockets), so a
+  // stalled reader shows as EAGAIN, which sonic-boom retries and gives up on as bounded here.
+  if (fd === 1) void process.stdout.writable;
   // A CommonJS module: its default import is the constructor, which its types declare as a named class.
   const stream = new (sonicBoom as unknown as typeof SonicBoomClass)({
     fd,

@@ -1,12 +1,14 @@
 /**
- * The only module that knows the forwarding library (httpxy, the maintained TypeScript fork of http-proxy; see
- * README "Forwarding library"). Streams both ways, never buffers; maps upstream failures to 502/504 with a
- * bounded reason; removes hop-by-hop headers; aborts the upstream exchange when the client goes away.
+ * The only module that knows the forwarding libraries: undici's dispatcher for HTTP requests (measured faster than
+ * Node's http client here: README "Forwarding library"), httpxy for WebSocket upgrades. Streams both ways, never
+ * buffers; maps upstream failures to 502/504 with a bounded reason; removes hop-by-hop headers; aborts the
+ * upstream exchange when the client goes away.
  */
 import { Agent as HttpAgent, type IncomingMessage, type ServerResponse } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { type Duplex, Transform } from 'node:stream';
 import { createProxyServer } from 'httpxy';
+import { type Dispatcher, Pool } from 'undici';
 
 export type UpstreamFailure = 'connect_refused' | 'connect_timeout' | 'reset' | 'response_timeout' | 'other';
 
@@ -65,26 +67,59 @@ export function removeHopByHop(headers: Record<string, unknown>, keepUpgrade = f
   }
 }
 
-const kTimedOut = Symbol('timedOut');
-type Tracked = { [kTimedOut]?: 'connect_timeout' | 'response_timeout' };
-
-function failureOf(error: unknown, timedOut: Tracked[typeof kTimedOut]): UpstreamFailure {
+function failureOf(
+  error: unknown,
+  timedOut: 'connect_timeout' | 'response_timeout' | undefined,
+): UpstreamFailure {
   if (timedOut !== undefined) return timedOut;
   const code = (error as { code?: unknown }).code;
   if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'ENOTFOUND') {
     return 'connect_refused';
   }
-  if (code === 'ECONNRESET' || code === 'EPIPE') return 'reset';
-  if (code === 'ETIMEDOUT') return 'connect_timeout';
+  if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'ETIMEDOUT') return 'connect_timeout';
+  // UND_ERR_SOCKET: the upstream closed the connection before the answer was complete.
+  if (code === 'ECONNRESET' || code === 'EPIPE' || code === 'UND_ERR_SOCKET') return 'reset';
   return 'other';
+}
+
+/** X-Forwarded-For gets the peer appended (the upstream sees the whole chain); the others are kept when set. */
+function addForwarded(req: IncomingMessage, secure: boolean): void {
+  const headers = req.headers;
+  const peer = req.socket.remoteAddress;
+  if (peer !== undefined) {
+    const chain = headers['x-forwarded-for'];
+    headers['x-forwarded-for'] = chain === undefined || chain === '' ? peer : `${chain}, ${peer}`;
+  }
+  const host = headers.host;
+  if (headers['x-forwarded-port'] === undefined) {
+    const port = host === undefined ? undefined : /:(\d+)$/.exec(host)?.[1];
+    headers['x-forwarded-port'] = port ?? (secure ? '443' : '80');
+  }
+  if (headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = secure ? 'https' : 'http';
+  if (headers['x-forwarded-host'] === undefined && host !== undefined) headers['x-forwarded-host'] = host;
+}
+
+class Timeout extends Error {
+  constructor(readonly kind: 'connect_timeout' | 'response_timeout') {
+    super(kind);
+  }
 }
 
 export function createForwarder(options: ForwarderOptions): Forwarder {
   const secure = options.target.protocol === 'https:';
+  // Requests go to `<target path><request target>`, as http-proxy/httpxy join them.
+  const prefix = options.target.pathname.replace(/\/+$/, '');
+  const pool = new Pool(options.target.origin, {
+    connect: { timeout: options.connectTimeoutMs, rejectUnauthorized: !options.insecure },
+    // The response head deadline is ours (it starts once the body is sent); bodies stream for as long as needed.
+    headersTimeout: 0,
+    bodyTimeout: 0,
+  });
+  // WebSocket upgrades only: undici's upgrade API drops a refused upgrade's answer, httpxy forwards it.
   const agent = secure
     ? new HttpsAgent({ keepAlive: true, rejectUnauthorized: !options.insecure })
     : new HttpAgent({ keepAlive: true });
-  const proxy = createProxyServer({
+  const wsProxy = createProxyServer({
     target: options.target.href,
     agent,
     xfwd: true,
@@ -93,57 +128,50 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
     changeOrigin: false,
   });
 
-  proxy.on('proxyReq', (proxyReq, req) => {
-    const tracked = req as unknown as Tracked;
-    // Connect and response-head deadlines. The response deadline starts once the request body has been sent, so
-    // an upload (a Glance image) may stream for as long as it needs; so may the response body.
-    let response: NodeJS.Timeout | undefined;
-    proxyReq.once('finish', () => {
-      response = setTimeout(() => {
-        tracked[kTimedOut] = 'response_timeout';
-        proxyReq.destroy();
-      }, options.responseTimeoutMs);
-      response.unref();
-    });
-    proxyReq.once('response', () => clearTimeout(response));
-    proxyReq.once('close', () => clearTimeout(response));
-    const socket = proxyReq.socket;
-    if (socket?.connecting) {
-      const connect = setTimeout(() => {
-        tracked[kTimedOut] = 'connect_timeout';
-        proxyReq.destroy();
-      }, options.connectTimeoutMs);
-      connect.unref();
-      socket.once('connect', () => clearTimeout(connect));
-      proxyReq.once('close', () => clearTimeout(connect));
-    }
-  });
-
-  proxy.on('proxyRes', (proxyRes, _req, res) => {
-    removeHopByHop(proxyRes.headers as Record<string, unknown>);
+  const responseHead = (
+    res: ServerResponse,
+    status: number,
+    headers: Record<string, string | string[] | undefined>,
+  ): void => {
+    removeHopByHop(headers);
+    // Framing is per connection: Node frames the body for this client (chunked for HTTP/1.1; for an HTTP/1.0
+    // client, which cannot read chunks, until the connection closes).
+    if (headers['transfer-encoding'] === 'chunked') delete headers['transfer-encoding'];
     // The client connection's own fate (a client's `Connection: close`, or our drain), not the upstream's.
-    const keep = (res as ServerResponse).shouldKeepAlive && options.draining?.() !== true;
-    proxyRes.headers.connection = keep ? 'keep-alive' : 'close';
-    if (proxyRes.statusCode === 401) {
-      const existing = proxyRes.headers['www-authenticate'];
+    const keep = res.shouldKeepAlive && options.draining?.() !== true;
+    headers.connection = keep ? 'keep-alive' : 'close';
+    if (status === 401) {
+      const existing = headers['www-authenticate'];
       const values = existing === undefined ? [] : Array.isArray(existing) ? existing : [existing];
-      proxyRes.headers['www-authenticate'] = [...values, options.wwwAuthenticate] as unknown as string;
+      headers['www-authenticate'] = [...values, options.wwwAuthenticate];
     }
-  });
+  };
 
   return {
     web(req, res, onFailure) {
       let reported = false;
+      const fail = (error: unknown): void => {
+        if (reported) return;
+        reported = true;
+        const failure = failureOf(error, error instanceof Timeout ? error.kind : undefined);
+        if (res.headersSent) {
+          // The response already started: all that can be done is cut it, so the client sees a broken body.
+          res.destroy();
+          return;
+        }
+        onFailure(failure, failure === 'connect_timeout' || failure === 'response_timeout' ? 504 : 502);
+      };
+
+      const headers = req.headers;
+      const length = headers['content-length'];
+      const chunked = headers['transfer-encoding'] !== undefined;
+      let body: NodeJS.ReadableStream | null =
+        chunked || (length !== undefined && length !== '0') ? req : null;
       const max = options.maxBodyBytes ?? 0;
-      let counted: Transform | undefined;
-      if (
-        max > 0 &&
-        req.headers['content-length'] === undefined &&
-        req.headers['transfer-encoding'] !== undefined
-      ) {
+      if (max > 0 && length === undefined && chunked) {
         // Only bodies without a declared length need counting; a declared one was checked before.
         let received = 0;
-        counted = new Transform({
+        const counted = new Transform({
           transform(chunk: Buffer, _encoding, callback) {
             received += chunk.length;
             if (received > max)
@@ -159,30 +187,93 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
           if (res.headersSent) res.destroy();
           else onFailure('other', 413);
         });
+        body = counted;
       }
-      proxy
-        .web(req, res, counted === undefined ? {} : { buffer: counted }, undefined)
-        .catch((error: unknown) => {
-          if (reported) return;
-          reported = true;
-          const failure = failureOf(error, (req as unknown as Tracked)[kTimedOut]);
-          if (res.headersSent) {
-            // The response already started: all that can be done is cut it, so the client sees a broken body.
-            res.destroy();
-            return;
-          }
-          onFailure(failure, failure === 'connect_timeout' || failure === 'response_timeout' ? 504 : 502);
-        });
+      // undici frames the body itself (chunked when no length is declared) and refuses these request headers.
+      delete headers['transfer-encoding'];
+      delete headers.expect;
+      addForwarded(req, 'encrypted' in req.socket && req.socket.encrypted === true);
+
+      let controller: Dispatcher.DispatchController | undefined;
+      let cut: Error | undefined;
+      let deadline: NodeJS.Timeout | undefined;
+      const abort = (reason: Error): void => {
+        cut ??= reason;
+        controller?.abort(reason);
+      };
+      // The response head deadline starts once the request body has been sent, so an upload (a Glance image) may
+      // stream for as long as it needs; so may the response body.
+      const armDeadline = (): void => {
+        deadline = setTimeout(() => abort(new Timeout('response_timeout')), options.responseTimeoutMs);
+        deadline.unref();
+      };
+      const disarm = (): void => clearTimeout(deadline);
+      if (body === null) armDeadline();
+      else req.once('end', armDeadline);
+      res.once('close', () => {
+        disarm();
+        if (!res.writableFinished) abort(new Error('client went away'));
+      });
+
+      let waitingForDrain = false;
+      pool.dispatch(
+        {
+          origin: options.target.origin,
+          path: prefix + (req.url ?? '/'),
+          method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
+          headers: headers as Record<string, string | string[]>,
+          body: body as Dispatcher.DispatchOptions['body'],
+        },
+        {
+          onRequestStart(c) {
+            controller = c;
+            if (cut !== undefined) c.abort(cut);
+          },
+          onResponseStart(c, status, responseHeaders, statusMessage) {
+            // 1xx informational answers (103 Early Hints) are not relayed; the final answer follows.
+            if (status < 200) return;
+            disarm();
+            const outgoing = responseHeaders as Record<string, string | string[] | undefined>;
+            responseHead(res, status, outgoing);
+            try {
+              res.writeHead(status, statusMessage || undefined, outgoing);
+            } catch (error) {
+              c.abort(error as Error);
+            }
+          },
+          onResponseData(c, chunk) {
+            if (res.write(chunk) || waitingForDrain) return;
+            // Backpressure: a slow client slows the upstream read, nothing piles up here.
+            waitingForDrain = true;
+            c.pause();
+            res.once('drain', () => {
+              waitingForDrain = false;
+              c.resume();
+            });
+          },
+          onResponseEnd() {
+            disarm();
+            res.end();
+          },
+          onResponseError(_c, error) {
+            disarm();
+            if (cut instanceof Timeout) fail(cut);
+            else if (cut !== undefined) res.destroy();
+            else fail(error);
+          },
+        },
+      );
     },
     ws(req, socket, head, onFailure) {
-      proxy.ws(req, socket as never, {}, head).catch((error: unknown) => {
-        onFailure(failureOf(error, (req as unknown as Tracked)[kTimedOut]));
+      wsProxy.ws(req, socket as never, {}, head).catch((error: unknown) => {
+        onFailure(failureOf(error, undefined));
         socket.destroy();
       });
     },
     close() {
-      proxy.close();
+      wsProxy.close();
       agent.destroy();
+      void pool.destroy();
     },
   };
 }

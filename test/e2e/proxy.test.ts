@@ -153,6 +153,24 @@ describe.skipIf(!cliBuilt())('sidecar end to end (real CLI)', () => {
     expect(seen.headers['x-auth-token']).toBe(token);
     expect(seen.headers['x-forwarded-for']).toBe('127.0.0.1');
     expect(seen.headers['x-forwarded-proto']).toBe('http');
+    expect(seen.headers['x-forwarded-host']).toBe(new URL(proxy.url).host);
+    expect(seen.headers['x-forwarded-port']).toBe(new URL(proxy.url).port);
+  });
+
+  it('X-Forwarded-For: the peer is appended to the chain a client sent, never replaced by it', async () => {
+    const res = await fetch(`${proxy.url}/v1/things`, {
+      headers: {
+        'x-auth-token': token,
+        'x-forwarded-for': '203.0.113.7',
+        'x-forwarded-proto': 'https',
+        'x-forwarded-host': 'api.example.org',
+      },
+    });
+    const seen = (await res.json()) as { headers: Record<string, string> };
+    expect(seen.headers['x-forwarded-for']).toBe('203.0.113.7, 127.0.0.1');
+    // Set by a TLS-terminating ingress in front of the sidecar: kept.
+    expect(seen.headers['x-forwarded-proto']).toBe('https');
+    expect(seen.headers['x-forwarded-host']).toBe('api.example.org');
   });
 
   it('public route: no token needed, client identity headers still stripped', async () => {
@@ -437,6 +455,27 @@ describe.skipIf(!cliBuilt())('upstream down', () => {
       expect(((await res.json()) as { error: { code: number } }).error.code).toBe(502);
     } finally {
       await proxy.stop();
+      await keystone.close();
+    }
+  });
+});
+
+describe.skipIf(!cliBuilt())('upstream URL with a path', () => {
+  it('requests go to the path joined with the request target, query kept', async () => {
+    const keystone = await startKeystoneEmulator();
+    const upstream = await listen(createUpstream({ upgrades: 0, lastUpgradeHeaders: undefined }));
+    const proxy = await startCli(
+      ['--config', writeConfig(configYaml(keystone.url, `${upstream.url}/image/`))],
+      ENV,
+    );
+    try {
+      const token = keystone.issueToken({ user: users.demo, scope: { project: projects.demo } });
+      const res = await fetch(`${proxy.url}/v2/images?limit=1`, { headers: { 'x-auth-token': token } });
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as { url: string }).url).toBe('/image/v2/images?limit=1');
+    } finally {
+      await proxy.stop();
+      await upstream.close();
       await keystone.close();
     }
   });

@@ -1,7 +1,8 @@
 /**
- * Which forwarding library: http-proxy 1.18 (unmaintained since 2020) against httpxy (its maintained fork), as
- * bare forwarders with the same options in front of the same upstream, loaded by wrk. Prints req/s and latency
- * for each, and the ratio httpxy / http-proxy. Run: `npx tsx bench/forwarders.ts` (needs wrk: apt-get install wrk).
+ * Which forwarding library: http-proxy 1.18 (unmaintained since 2020), httpxy (its maintained fork) and the
+ * proxy's own forwarder (src/proxy/forwarder.ts: undici's dispatcher), as bare forwarders in front of the same
+ * upstream, loaded by wrk. Prints req/s and latency for each, and the ratios to http-proxy.
+ * Run: `npx tsx bench/forwarders.ts [seconds]` (needs wrk: apt-get install wrk).
  */
 import { execFile } from 'node:child_process';
 import { Agent, createServer, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -9,6 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { promisify } from 'node:util';
 import httpProxy from 'http-proxy';
 import { createProxyServer } from 'httpxy';
+import { createForwarder } from '../src/proxy/forwarder.js';
 
 const BODY = JSON.stringify({
   servers: Array.from({ length: 8 }, (_, i) => ({ id: `server-${i}`, status: 'ACTIVE' })),
@@ -40,12 +42,22 @@ const target = `http://127.0.0.1:${upstream}`;
 const legacy = httpProxy.createProxyServer({ target, xfwd: true, agent: new Agent({ keepAlive: true }) });
 legacy.on('error', (_e, _req, res) => (res as ServerResponse).writeHead(502).end());
 const modern = createProxyServer({ target, xfwd: true, agent: new Agent({ keepAlive: true }) });
+const ours = createForwarder({
+  target: new URL(target),
+  connectTimeoutMs: 5_000,
+  responseTimeoutMs: 30_000,
+  insecure: false,
+  wwwAuthenticate: 'Keystone uri="http://keystone"',
+});
 const ports = {
   upstream,
   'http-proxy': await start((req, res) => legacy.web(req, res)),
   httpxy: await start((req, res) => {
     modern.web(req, res).catch(() => res.writeHead(502).end());
   }),
+  'ours (undici dispatcher)': await start((req, res) =>
+    ours.web(req, res, (_failure, status) => res.writeHead(status).end()),
+  ),
 };
 const seconds = Number(process.argv[2] ?? 5);
 const results: Record<string, { rps: number; p50: string; p99: string }[]> = {};
@@ -65,7 +77,9 @@ for (const [name, runs] of Object.entries(results)) {
   best[name] = top.rps;
   console.log(`| ${name} | ${Math.round(top.rps)} | ${top.p50} | ${top.p99} |`);
 }
-console.log(
-  `\nhttpxy / http-proxy throughput: ${((best.httpxy ?? 0) / (best['http-proxy'] ?? 1)).toFixed(2)}`,
-);
+for (const name of ['httpxy', 'ours (undici dispatcher)']) {
+  console.log(
+    `${name} / http-proxy throughput: ${((best[name] ?? 0) / (best['http-proxy'] ?? 1)).toFixed(2)}`,
+  );
+}
 process.exit(0);

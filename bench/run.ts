@@ -270,11 +270,14 @@ application = AuthProtocol(app, {'oslo_config_project': 'bench', 'oslo_config_fi
   // Warm keystonemiddleware's per-worker cache: each of its 2 workers validates the token once.
   for (let i = 0; i < 20; i++) await fetch(`${ksm}/v1`, { headers: { 'x-auth-token': token } });
   const ours = await cli(keystone.url, plain, '');
+  // A sidecar shares its pod's cores with the app: one process leaves them to uwsgi's workers.
+  const oursOne = await cli(keystone.url, plain, 'workers: 1');
   const h = { 'X-Auth-Token': token };
   return {
     'wsgi app alone (uwsgi, 2 workers)': await wrk(`${plain}/v1`),
     'keystonemiddleware + wsgi app, cached token': await wrk(`${ksm}/v1`, h),
     'our sidecar (workers: auto) + wsgi app, cached token': await wrk(`${ours}/v1`, h, undefined, [plain]),
+    'our sidecar (workers: 1) + wsgi app, cached token': await wrk(`${oursOne}/v1`, h, undefined, [plain]),
   };
 }
 
@@ -354,6 +357,9 @@ async function main(): Promise<void> {
       rps('keystonemiddleware + wsgi app, cached token') / rps('wsgi app alone (uwsgi, 2 workers)'),
     'our sidecar / keystonemiddleware, same wsgi app (target >= 1)':
       rps('our sidecar (workers: auto) + wsgi app, cached token') /
+      rps('keystonemiddleware + wsgi app, cached token'),
+    'our sidecar (workers: 1) / keystonemiddleware, same wsgi app (target >= 1)':
+      rps('our sidecar (workers: 1) + wsgi app, cached token') /
       rps('keystonemiddleware + wsgi app, cached token'),
     '2 workers / 1 worker (target >= 1.7 with an external load generator)':
       rps('sidecar, cached token (workers 2)') / rps('sidecar, cached token (workers 1)'),

@@ -3,13 +3,14 @@
  * keystone-auth-proxy: the sidecar. Reads the YAML config, starts the proxied, admin and forward-auth listeners,
  * drains on SIGTERM/SIGINT. Exit codes: 0 normal stop, 1 runtime failure, 2 bad command line or configuration.
  */
+import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { parseArgs } from 'node:util';
 import { loadProxyConfig } from './config/proxy-config.js';
 import { ConfigError } from './errors.js';
 import { createLogger } from './observability/logger.js';
 import { createMetrics } from './observability/metrics.js';
-import { isClusterWorker, runWorker, startCluster } from './proxy/cluster.js';
+import { autoWorkers, isClusterWorker, runWorker, startCluster } from './proxy/cluster.js';
 import { startProxy } from './proxy/server.js';
 import { VERSION } from './version.js';
 
@@ -28,6 +29,14 @@ Usage: keystone-auth-proxy [--config FILE] [--check-config]
 Exit codes: 0 stopped cleanly, 1 failed while running, 2 bad arguments or configuration.
 Signals: SIGTERM or SIGINT drain in-flight requests (shutdown.grace_period_seconds), a second one stops at once.
 `;
+
+function readTextIfPresent(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
 
 async function main(argv: string[]): Promise<number> {
   let args: ReturnType<typeof parse>;
@@ -62,7 +71,8 @@ async function main(argv: string[]): Promise<number> {
   }
 
   const logger = createLogger({ level: config.log.level, format: config.log.format });
-  const workers = config.workers === 'auto' ? availableParallelism() : config.workers;
+  const workers =
+    config.workers === 'auto' ? autoWorkers(availableParallelism(), readTextIfPresent) : config.workers;
   const metricsFor = () =>
     config.metrics.enabled ? createMetrics({ prefix: config.metrics.prefix, version: VERSION }) : undefined;
   if (isClusterWorker()) return runWorker(config, logger, metricsFor());

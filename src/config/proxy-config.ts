@@ -52,7 +52,7 @@ export const proxyConfigSchema = z
       .union([z.literal('auto'), numberLike.pipe(z.number().int().min(1, { message: 'must be at least 1' }))])
       .default('auto')
       .describe(
-        'Processes serving the proxied port (node:cluster); auto: one per CPU core. Each has its own cache.',
+        'Processes serving the proxied port (node:cluster); auto: one per CPU core, at most the cgroup CPU limit (rounded up). Each has its own cache.',
       ),
     upstream: z
       .object({

@@ -13,6 +13,37 @@ import type { Logger } from '../observability/observer.js';
 import { createForwardAuthHandler } from './forward-auth.js';
 import { type RunningProxy, startAdmin, startProxy } from './server.js';
 
+/** Reads a file's text, or undefined when it does not exist (injected: tests describe a container's cgroup). */
+export type ReadText = (path: string) => string | undefined;
+
+/**
+ * CPU cores this process may use by its cgroup's quota (a Kubernetes CPU limit), rounded up; undefined without
+ * a quota. cgroup v2 `cpu.max` ("<quota> <period>" or "max <period>"), else v1 `cpu.cfs_quota_us` (-1: none).
+ */
+export function cgroupCpuLimit(read: ReadText): number | undefined {
+  const cores = (quota: number, period: number): number | undefined =>
+    Number.isFinite(quota) && Number.isFinite(period) && quota > 0 && period > 0
+      ? Math.max(1, Math.ceil(quota / period))
+      : undefined;
+  const v2 = read('/sys/fs/cgroup/cpu.max')?.trim().split(/\s+/);
+  if (v2 !== undefined) return v2[0] === 'max' ? undefined : cores(Number(v2[0]), Number(v2[1]));
+  const quota =
+    read('/sys/fs/cgroup/cpu/cpu.cfs_quota_us') ?? read('/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us');
+  const period =
+    read('/sys/fs/cgroup/cpu/cpu.cfs_period_us') ?? read('/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us');
+  return quota === undefined || period === undefined ? undefined : cores(Number(quota), Number(period));
+}
+
+/**
+ * `workers: auto`: one per core the process can run on, capped by its cgroup CPU limit. Node's own count ignores
+ * the limit on the Node versions supported here, so a sidecar limited to 1 CPU on a 64-core node would start 64
+ * workers, each with its own cache and ~90 MB.
+ */
+export function autoWorkers(parallelism: number, read: ReadText): number {
+  const limit = cgroupCpuLimit(read);
+  return limit === undefined ? parallelism : Math.min(parallelism, limit);
+}
+
 const SHUTDOWN = 'keystone-auth-proxy:shutdown';
 const STARTED = 'keystone-auth-proxy:started';
 

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { autoWorkers, cgroupCpuLimit } from '../../../src/proxy/cluster.js';
 import { removeHopByHop } from '../../../src/proxy/forwarder.js';
 import { requestIdOf } from '../../../src/proxy/request-id.js';
 import { createRouteMatcher } from '../../../src/proxy/routes.js';
@@ -63,5 +64,36 @@ describe('public routes', () => {
 
   it('no routes: nothing is public', () => {
     expect(createRouteMatcher([])('GET', '/')).toBe(false);
+  });
+});
+
+describe('workers: auto under a cgroup CPU limit', () => {
+  const files =
+    (entries: Record<string, string>) =>
+    (path: string): string | undefined =>
+      entries[path];
+
+  it('cgroup v2 cpu.max: quota / period, rounded up; "max" is no limit', () => {
+    expect(cgroupCpuLimit(files({ '/sys/fs/cgroup/cpu.max': '150000 100000\n' }))).toBe(2);
+    expect(cgroupCpuLimit(files({ '/sys/fs/cgroup/cpu.max': '50000 100000\n' }))).toBe(1);
+    expect(cgroupCpuLimit(files({ '/sys/fs/cgroup/cpu.max': 'max 100000\n' }))).toBeUndefined();
+  });
+
+  it('cgroup v1 cfs quota; -1 is no limit; nothing readable is no limit', () => {
+    const v1 = (quota: string) =>
+      files({
+        '/sys/fs/cgroup/cpu/cpu.cfs_quota_us': quota,
+        '/sys/fs/cgroup/cpu/cpu.cfs_period_us': '100000\n',
+      });
+    expect(cgroupCpuLimit(v1('400000\n'))).toBe(4);
+    expect(cgroupCpuLimit(v1('-1\n'))).toBeUndefined();
+    expect(cgroupCpuLimit(files({}))).toBeUndefined();
+  });
+
+  it('auto is the smaller of the usable cores and the limit', () => {
+    const limited = files({ '/sys/fs/cgroup/cpu.max': '100000 100000' });
+    expect(autoWorkers(64, limited)).toBe(1);
+    expect(autoWorkers(2, files({ '/sys/fs/cgroup/cpu.max': '800000 100000' }))).toBe(2);
+    expect(autoWorkers(8, files({}))).toBe(8);
   });
 });

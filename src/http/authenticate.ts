@@ -159,12 +159,12 @@ function defaultDispatcher(options: ResolvedAuthOptions): Dispatcher {
 }
 
 /**
- * Identities whose forwarded headers are kept built: the busy ones, in any realistic traffic mix. Small on
- * purpose: headers of an identity that falls out of a large set have lived long enough to reach V8's old space,
- * and a cache filling with new identities leaves them there as holes between the cached tokens (1,024 here:
- * +158 MB RSS for 100k cached tokens; 256: +108 MB; `npm run bench:memory`).
+ * Identities whose forwarded headers are kept built: the busy ones. Small on purpose: headers of an identity that
+ * falls out of a large set have lived long enough to reach V8's old space, and a cache filling with new
+ * identities leaves them there as holes between the cached tokens (100k cached tokens: 1,024 here gave +158 MB
+ * RSS, 64 gives +103 MB; `npm run bench:memory`). Rebuilding them costs about 1.4 µs (`node bench/micro.mjs`).
  */
-const HEADER_CACHE_ENTRIES = 256;
+const HEADER_CACHE_ENTRIES = 64;
 
 function sharedTier(
   options: ResolvedAuthOptions,

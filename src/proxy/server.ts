@@ -263,6 +263,18 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
       return;
     }
     if (tooLarge(req, res)) return;
+    const coding = req.headers['transfer-encoding'];
+    if (coding !== undefined && coding.trim().toLowerCase() !== 'chunked') {
+      // Node's parser removes only the chunked framing: a body in another transfer coding (`gzip, chunked`)
+      // would reach the upstream still coded, with nothing saying so (RFC 9112 §6.1: 501).
+      res.setHeader('Connection', 'close');
+      respond(
+        req,
+        res,
+        errorResponse(501, 'Not Implemented', 'Only the chunked transfer coding is supported.'),
+      );
+      return;
+    }
     const path = requestPath(req.url);
     if (isPublic(req.method ?? 'GET', path)) {
       state.decision = 'public';

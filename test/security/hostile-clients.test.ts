@@ -448,6 +448,20 @@ describe.skipIf(!cliBuilt())('hostile clients (real CLI)', () => {
       }
     });
 
+    it('a transfer coding other than chunked (gzip, chunked): 501 JSON, nothing upstream', async () => {
+      const before = received.length;
+      const result = await exchange(
+        proxy.url,
+        `POST /v1/coded HTTP/1.1\r\nHost: p\r\nX-Auth-Token: ${token}\r\n` +
+          'Transfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n',
+        { waitMs: 3_000 },
+      );
+      expect(result.responses[0]?.status).toBe(501);
+      expect(JSON.parse(result.responses[0]?.body ?? '')).toMatchObject({ error: { code: 501 } });
+      expect(result.closed).toBe(true);
+      expect(received.slice(before)).toEqual([]);
+    });
+
     it('bytes after a Connection: close request: 400 or closed, the follow-up never upstream', async () => {
       const result = await exchange(
         proxy.url,

@@ -203,7 +203,10 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
       };
       // The response head deadline starts once the request body has been sent, so an upload (a Glance image) may
       // stream for as long as it needs; so may the response body.
+      let answered = false;
       const armDeadline = (): void => {
+        // An upstream may answer before the body is all sent (an early 413, or a download already streaming).
+        if (answered) return;
         deadline = setTimeout(() => abort(new Timeout('response_timeout')), options.responseTimeoutMs);
         deadline.unref();
       };
@@ -232,6 +235,7 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
           onResponseStart(c, status, responseHeaders, statusMessage) {
             // 1xx informational answers (103 Early Hints) are not relayed; the final answer follows.
             if (status < 200) return;
+            answered = true;
             disarm();
             const outgoing = responseHeaders as Record<string, string | string[] | undefined>;
             responseHead(res, status, outgoing);

@@ -328,6 +328,30 @@ describe.skipIf(!cliBuilt())('sidecar end to end (real CLI)', () => {
     expect(await res.json()).toEqual({ bytes: 8 * 64 * 1024 });
   });
 
+  it('an answer that starts before the upload ends is never cut by the response timeout (1 s)', async () => {
+    let sent = 0;
+    const body = new ReadableStream({
+      async pull(controller) {
+        if (sent === 5) {
+          controller.close();
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+        sent++;
+        controller.enqueue(new TextEncoder().encode('part\n'));
+      },
+    });
+    const res = await fetch(`${proxy.url}/early?ms=2500`, {
+      method: 'POST',
+      headers: { 'x-auth-token': token },
+      body,
+      duplex: 'half',
+    } as RequestInit);
+    expect(res.status).toBe(200);
+    // The body ended about 0.5 s in; the answer streams until 2.5 s: past a deadline armed at the body's end.
+    expect((await res.text()).endsWith('done\n')).toBe(true);
+  });
+
   it('Expect: 100-continue is answered only after authentication', async () => {
     const head = (auth: string) =>
       `POST /sink HTTP/1.1\r\nHost: p\r\nContent-Length: 4\r\nExpect: 100-continue\r\n${auth}Connection: close\r\n\r\n`;

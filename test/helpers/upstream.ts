@@ -48,6 +48,23 @@ function route(req: IncomingMessage, res: ServerResponse): void {
     pump();
     return;
   }
+  if (url.pathname === '/early') {
+    // Answers before reading the request body, then streams one chunk every 100 ms for `ms`, while the body
+    // still arrives: the head is out before the request body ends.
+    req.resume();
+    res.writeHead(200, { 'content-type': 'text/plain' });
+    const until = Date.now() + Number(url.searchParams.get('ms') ?? 1000);
+    const timer = setInterval(() => {
+      if (Date.now() < until) {
+        res.write('tick\n');
+        return;
+      }
+      clearInterval(timer);
+      res.end('done\n');
+    }, 100);
+    res.once('close', () => clearInterval(timer));
+    return;
+  }
   if (url.pathname === '/hop') {
     res.writeHead(200, {
       'content-type': 'text/plain',

@@ -148,6 +148,14 @@ function startChild(
   });
 }
 
+/**
+ * BENCH_CLI_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof": node options for the Node servers under test
+ * (the CLI and the middleware apps), to profile them under this load.
+ */
+function serverNodeArgs(): string[] {
+  return process.env.BENCH_CLI_NODE_ARGS?.split(' ').filter((arg) => arg.length > 0) ?? [];
+}
+
 function cli(keystone: string, upstream: string, extra: string): Promise<string> {
   const dir = mkdtempSync(join(tmpdir(), 'kap-bench-'));
   const file = join(dir, 'config.yaml');
@@ -169,8 +177,7 @@ ${extra}
 `,
   );
   // log level info, as operators run it: one access-log line per request, in every proxy row alike.
-  // BENCH_CLI_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", to profile the proxy under this load.
-  const nodeArgs = process.env.BENCH_CLI_NODE_ARGS?.split(' ').filter((arg) => arg.length > 0) ?? [];
+  const nodeArgs = serverNodeArgs();
   return startChild(
     process.execPath,
     [...nodeArgs, 'dist/cli.js', '--config', file],
@@ -329,7 +336,7 @@ async function main(): Promise<void> {
         async () => {
           const app = await startChild(
             process.execPath,
-            ['bench/servers/app.mjs', framework, mode, keystone.url],
+            [...serverNodeArgs(), 'bench/servers/app.mjs', framework, mode, keystone.url],
             /^(\d+)/m,
           );
           for (let i = 0; i < 5; i++) await fetch(`${app}/v1`, { headers: h });

@@ -35,5 +35,5 @@ if (framework === 'express') {
 }
 server.keepAliveTimeout = 60_000;
 server.listen(0, '127.0.0.1', () => console.log(server.address().port));
-// A clean exit on SIGINT lets --cpu-prof write its profile.
-process.on('SIGINT', () => process.exit(0));
+// A clean exit on SIGINT or SIGTERM (the bench driver's) lets --cpu-prof write its profile.
+for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => process.exit(0));

@@ -19,6 +19,7 @@ import { availableParallelism, cpus, loadavg, release, tmpdir, totalmem } from '
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { forEachLine } from '../test/helpers/cli.js';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../test/helpers/keystone-emulator.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
@@ -264,46 +265,39 @@ function startCli(configFile: string): Promise<Cli> {
   const events: LogRecord[] = [];
   const lines = { requests: 0, non200: 0, cut: 0 };
   let errText = '';
-  let buffered = '';
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`CLI did not start within 10 s: ${errText}`)), 10_000);
     child.stderr?.on('data', (chunk: Buffer) => {
       errText += chunk.toString();
     });
-    child.stdout?.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString();
-      let newline = buffered.indexOf('\n');
-      while (newline !== -1) {
-        const line = buffered.slice(0, newline);
-        buffered = buffered.slice(newline + 1);
-        newline = buffered.indexOf('\n');
-        if (line.includes('"msg":"request"')) {
-          lines.requests++;
-          if (!line.includes('"status":200,')) lines.non200++;
-          if (line.includes('"completed":false')) lines.cut++;
-          continue;
-        }
-        let record: LogRecord;
-        try {
-          record = JSON.parse(line) as LogRecord;
-        } catch {
-          continue;
-        }
-        events.push(record);
-        if (record.msg === 'keystone-auth-proxy started') {
-          clearTimeout(timer);
-          resolve({
-            child,
-            pid: child.pid as number,
-            url: String(record.listen),
-            adminUrl: String(record.admin),
-            events,
-            lines,
-            exited,
-            stderr: () => errText,
-          });
-        }
+    forEachLine(child.stdout, (line) => {
+      // Access-log lines are only counted: parsing 10k of them a second would take CPU from the run.
+      if (line.includes('"msg":"request"')) {
+        lines.requests++;
+        if (!line.includes('"status":200,')) lines.non200++;
+        if (line.includes('"completed":false')) lines.cut++;
+        return;
+      }
+      let record: LogRecord;
+      try {
+        record = JSON.parse(line) as LogRecord;
+      } catch {
+        return;
+      }
+      events.push(record);
+      if (record.msg === 'keystone-auth-proxy started') {
+        clearTimeout(timer);
+        resolve({
+          child,
+          pid: child.pid as number,
+          url: String(record.listen),
+          adminUrl: String(record.admin),
+          events,
+          lines,
+          exited,
+          stderr: () => errText,
+        });
       }
     });
     exited.then(

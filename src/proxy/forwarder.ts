@@ -67,11 +67,15 @@ export function removeHopByHop(headers: Record<string, unknown>, keepUpgrade = f
   }
 }
 
-function failureOf(
-  error: unknown,
-  timedOut: 'connect_timeout' | 'response_timeout' | undefined,
-): UpstreamFailure {
-  if (timedOut !== undefined) return timedOut;
+/** Our response-head deadline, told apart from the library's errors (undici reports connect timeouts itself). */
+class ResponseTimeout extends Error {
+  constructor() {
+    super('response_timeout');
+  }
+}
+
+function failureOf(error: unknown): UpstreamFailure {
+  if (error instanceof ResponseTimeout) return 'response_timeout';
   const code = (error as { code?: unknown }).code;
   if (code === 'ECONNREFUSED' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH' || code === 'ENOTFOUND') {
     return 'connect_refused';
@@ -97,12 +101,6 @@ function addForwarded(req: IncomingMessage, secure: boolean): void {
   }
   if (headers['x-forwarded-proto'] === undefined) headers['x-forwarded-proto'] = secure ? 'https' : 'http';
   if (headers['x-forwarded-host'] === undefined && host !== undefined) headers['x-forwarded-host'] = host;
-}
-
-class Timeout extends Error {
-  constructor(readonly kind: 'connect_timeout' | 'response_timeout') {
-    super(kind);
-  }
 }
 
 export function createForwarder(options: ForwarderOptions): Forwarder {
@@ -150,16 +148,16 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
   return {
     web(req, res, onFailure) {
       let reported = false;
-      const fail = (error: unknown): void => {
+      const report = (failure: UpstreamFailure, status: 502 | 504 | 413): void => {
         if (reported) return;
         reported = true;
-        const failure = failureOf(error, error instanceof Timeout ? error.kind : undefined);
-        if (res.headersSent) {
-          // The response already started: all that can be done is cut it, so the client sees a broken body.
-          res.destroy();
-          return;
-        }
-        onFailure(failure, failure === 'connect_timeout' || failure === 'response_timeout' ? 504 : 502);
+        // The response already started: all that can be done is cut it, so the client sees a broken body.
+        if (res.headersSent) res.destroy();
+        else onFailure(failure, status);
+      };
+      const fail = (error: unknown): void => {
+        const failure = failureOf(error);
+        report(failure, failure === 'connect_timeout' || failure === 'response_timeout' ? 504 : 502);
       };
 
       const headers = req.headers;
@@ -181,11 +179,8 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
         });
         req.pipe(counted);
         counted.on('error', () => {
-          if (reported) return;
-          reported = true;
           req.destroy();
-          if (res.headersSent) res.destroy();
-          else onFailure('other', 413);
+          report('other', 413);
         });
         body = counted;
       }
@@ -207,7 +202,7 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
       const armDeadline = (): void => {
         // An upstream may answer before the body is all sent (an early 413, or a download already streaming).
         if (answered) return;
-        deadline = setTimeout(() => abort(new Timeout('response_timeout')), options.responseTimeoutMs);
+        deadline = setTimeout(() => abort(new ResponseTimeout()), options.responseTimeoutMs);
         deadline.unref();
       };
       const disarm = (): void => clearTimeout(deadline);
@@ -261,7 +256,7 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
           },
           onResponseError(_c, error) {
             disarm();
-            if (cut instanceof Timeout) fail(cut);
+            if (cut instanceof ResponseTimeout) fail(cut);
             else if (cut !== undefined) res.destroy();
             else fail(error);
           },
@@ -270,7 +265,7 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
     },
     ws(req, socket, head, onFailure) {
       wsProxy.ws(req, socket as never, {}, head).catch((error: unknown) => {
-        onFailure(failureOf(error, undefined));
+        onFailure(failureOf(error));
         socket.destroy();
       });
     },

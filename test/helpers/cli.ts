@@ -40,6 +40,21 @@ export function writeConfig(yaml: string): string {
   return file;
 }
 
+/** Calls `onLine` for every complete line the stream writes (the CLI's JSON log lines), without the newline. */
+export function forEachLine(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {
+  let buffered = '';
+  stream.on('data', (chunk: Buffer) => {
+    buffered += chunk.toString();
+    let newline = buffered.indexOf('\n');
+    while (newline !== -1) {
+      const line = buffered.slice(0, newline);
+      buffered = buffered.slice(newline + 1);
+      newline = buffered.indexOf('\n');
+      onLine(line);
+    }
+  });
+}
+
 /** Starts the CLI and waits for its "started" log line (or its exit). */
 export function startCli(args: string[], env: Record<string, string> = {}): Promise<CliRun> {
   const child = spawn(process.execPath, [CLI, ...args], {
@@ -49,7 +64,6 @@ export function startCli(args: string[], env: Record<string, string> = {}): Prom
   });
   const logs: Record<string, unknown>[] = [];
   let errText = '';
-  let buffered = '';
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   return new Promise((resolve, reject) => {
     const run: CliRun = {
@@ -68,25 +82,18 @@ export function startCli(args: string[], env: Record<string, string> = {}): Prom
     child.stderr?.on('data', (chunk: Buffer) => {
       errText += chunk.toString();
     });
-    child.stdout?.on('data', (chunk: Buffer) => {
-      buffered += chunk.toString();
-      let newline = buffered.indexOf('\n');
-      while (newline !== -1) {
-        const line = buffered.slice(0, newline);
-        buffered = buffered.slice(newline + 1);
-        newline = buffered.indexOf('\n');
-        try {
-          const record = JSON.parse(line) as Record<string, unknown>;
-          logs.push(record);
-          if (record.msg === 'keystone-auth-proxy started') {
-            run.url = String(record.listen ?? '');
-            run.adminUrl = String(record.admin);
-            run.forwardAuthUrl = record.forwardAuth === undefined ? undefined : String(record.forwardAuth);
-            resolve(run);
-          }
-        } catch {
-          // a non-JSON line (pretty format or a banner) is kept out of the records
+    forEachLine(child.stdout, (line) => {
+      try {
+        const record = JSON.parse(line) as Record<string, unknown>;
+        logs.push(record);
+        if (record.msg === 'keystone-auth-proxy started') {
+          run.url = String(record.listen ?? '');
+          run.adminUrl = String(record.admin);
+          run.forwardAuthUrl = record.forwardAuth === undefined ? undefined : String(record.forwardAuth);
+          resolve(run);
         }
+      } catch {
+        // a non-JSON line (pretty format or a banner) is kept out of the records
       }
     });
     exited.then((code) => reject(new Error(`CLI exited with ${code} before starting: ${errText}`)), reject);

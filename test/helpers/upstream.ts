@@ -11,6 +11,24 @@ export interface UpstreamStats {
   lastUpgradeHeaders: IncomingMessage['headers'] | undefined;
 }
 
+/** Writes `total` bytes (7s) in 64 KiB pieces as fast as the client reads them, then ends the response. */
+export function writeBlob(res: ServerResponse, total: number): void {
+  const chunk = Buffer.alloc(64 * 1024, 7);
+  let sent = 0;
+  const pump = (): void => {
+    while (sent < total) {
+      const piece = chunk.subarray(0, Math.min(chunk.length, total - sent));
+      sent += piece.length;
+      if (!res.write(piece)) {
+        res.once('drain', pump);
+        return;
+      }
+    }
+    res.end();
+  };
+  pump();
+}
+
 function route(req: IncomingMessage, res: ServerResponse): void {
   const url = new URL(req.url ?? '/', 'http://upstream');
   if (url.pathname === '/slow') {
@@ -31,21 +49,8 @@ function route(req: IncomingMessage, res: ServerResponse): void {
   }
   if (url.pathname === '/blob') {
     const total = Number(url.searchParams.get('mb') ?? 1) * 1024 * 1024;
-    const chunk = Buffer.alloc(64 * 1024, 7);
     res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(total) });
-    let sent = 0;
-    const pump = (): void => {
-      while (sent < total) {
-        const piece = chunk.subarray(0, Math.min(chunk.length, total - sent));
-        sent += piece.length;
-        if (!res.write(piece)) {
-          res.once('drain', pump);
-          return;
-        }
-      }
-      res.end();
-    };
-    pump();
+    writeBlob(res, total);
     return;
   }
   if (url.pathname === '/early') {

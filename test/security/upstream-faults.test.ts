@@ -17,6 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type CliRun, cliBuilt, sidecarYaml, singleProcess, startCli, writeConfig } from '../helpers/cli.js';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../helpers/keystone-emulator.js';
 import { peakRssMb, rssKb } from '../helpers/process-memory.js';
+import { writeBlob } from '../helpers/upstream.js';
 
 const { users, projects, roles } = fixtures;
 const ENV = { TEST_PROXY_PASSWORD: users.proxy.password as string };
@@ -47,23 +48,6 @@ interface FaultyUpstream {
   readonly exchanges: Exchanged[];
   stop(): Promise<void>;
   start(): Promise<void>;
-}
-
-function writeBlob(res: ServerResponse, total: number): void {
-  const chunk = Buffer.alloc(64 * 1024, 7);
-  let sent = 0;
-  const pump = (): void => {
-    while (sent < total) {
-      const piece = chunk.subarray(0, Math.min(chunk.length, total - sent));
-      sent += piece.length;
-      if (!res.write(piece)) {
-        res.once('drain', pump);
-        return;
-      }
-    }
-    res.end();
-  };
-  pump();
 }
 
 async function startFaultyUpstream(): Promise<FaultyUpstream> {

@@ -113,12 +113,12 @@ async function measure(withCatalog: boolean, holding: boolean): Promise<Measurem
   }
   const old = getHeapSpaceStatistics().find((space) => space.space_name === 'old_space');
   const result = {
-    entries: auth.cache.size,
+    entries: auth.state.stats().entries,
     rssGrowthMb: rssMb() - rss0,
     heapGrowthMb: heapMb() - heap0,
     oldSpaceMb: (old?.space_size ?? 0) / 2 ** 20,
     oldSpaceUsedMb: (old?.space_used_size ?? 0) / 2 ** 20,
-    estimatedCacheMb: auth.cache.bytes / 2 ** 20,
+    estimatedCacheMb: auth.state.stats().bytes / 2 ** 20,
     rssMb: rssMb(),
   };
   await auth.close();

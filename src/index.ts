@@ -1,8 +1,6 @@
 export type { AccessRuleVerdict } from './auth/access-rules.js';
 export { accessRulePathMatches, checkAccessRules } from './auth/access-rules.js';
 export type { Decision, DecisionPolicy, RequestFacts } from './auth/decision.js';
-export type { CacheMode } from './auth/token-cache.js';
-export { TokenCache } from './auth/token-cache.js';
 export type { AuthOptionsInput, BindMode, OptionDoc, ResolvedAuthOptions } from './config/auth-options.js';
 export { describeAuthOptions, IGNORED_KSM_OPTIONS, resolveAuthOptions } from './config/auth-options.js';
 export type {
@@ -42,4 +40,6 @@ export type {
   KeystoneOutcome,
   Logger,
 } from './observability/observer.js';
+export type { CacheMode } from './state/token-cache.js';
+export { TokenCache } from './state/token-cache.js';
 export { VERSION } from './version.js';

@@ -9,7 +9,15 @@ import type { TokenInfo } from '../keystone/token-info.js';
 import { checkAccessRules } from './access-rules.js';
 import type { HeaderBag } from './extract.js';
 import { extractTokens } from './extract.js';
-import type { TokenCheck } from './token-checker.js';
+
+/** Where a valid identity came from (for logs and the `cache` outcome). */
+export type TokenSource = 'cache' | 'shared' | 'keystone' | 'stale';
+
+/** What checking one token gives the decision: the identity, why not, or that nobody can say now. */
+export type TokenCheck =
+  | { readonly status: 'valid'; readonly info: TokenInfo; readonly source: TokenSource }
+  | { readonly status: 'invalid'; readonly reason: InvalidTokenReason }
+  | { readonly status: 'unavailable'; readonly error: KeystoneUnavailableError };
 
 export type Status = 'Confirmed' | 'Invalid';
 

@@ -4,8 +4,8 @@
  * Options we add name their unit. Validated once at creation; every problem is reported at once.
  */
 import { z } from 'zod';
-import type { MemcacheSecurityStrategy } from '../auth/memcache-crypt.js';
 import { ConfigError, type ConfigIssue } from '../errors.js';
+import type { MemcacheSecurityStrategy } from '../state/memcache-crypt.js';
 
 const TRUE = new Set(['true', '1', 'yes', 'on']);
 const FALSE = new Set(['false', '0', 'no', 'off']);

@@ -32,6 +32,8 @@ export interface TokenValidator {
   revocationEvents?(since: string | undefined): Promise<RevocationFeedAnswer>;
   /** Readiness: the service token is held and Keystone answers (probing it if it has been quiet). */
   ready?(): Promise<boolean>;
+  /** Obtain what validations need (service token, endpoints) before the first request. */
+  warmUp?(): Promise<void>;
   close?(): Promise<void>;
 }
 

@@ -137,8 +137,8 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
     observer: metrics ?? {},
   });
   metrics?.track({
-    cacheEntries: () => authenticator.cache.size,
-    cacheBytes: () => authenticator.cache.bytes,
+    cacheEntries: () => authenticator.state.stats().entries,
+    cacheBytes: () => authenticator.state.stats().bytes,
     validationsInFlight: () => authenticator.inflight(),
   });
   const isPublic = createRouteMatcher(config.public_routes);

@@ -1,14 +1,14 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Logger } from '../../src/observability/observer.js';
 import {
   MemcachedStore,
   type MemcachedStoreOptions,
   memcachedServerHash,
   memcachedTtlSeconds,
   parseMemcachedServer,
-} from '../../src/auth/memcached.js';
-import type { Logger } from '../../src/observability/observer.js';
+} from '../../src/state/memcached.js';
 import { type Memcached, rawGet, skipWithoutMemcached, startMemcached } from '../helpers/memcached.js';
 
 const DEBIAN_PYTHON = '/usr/bin/python3';

@@ -6,10 +6,10 @@
  */
 import { performance } from 'node:perf_hooks';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { memcacheEntryKeys } from '../../src/auth/memcache-crypt.js';
 import type { AuthOptionsInput } from '../../src/config/auth-options.js';
 import { type Authenticator, createAuthenticator } from '../../src/http/authenticate.js';
 import type { CacheEvent, MemcachedOutcome } from '../../src/observability/observer.js';
+import { memcacheEntryKeys } from '../../src/state/memcache-crypt.js';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../helpers/keystone-emulator.js';
 import { type Memcached, skipWithoutMemcached, startMemcached } from '../helpers/memcached.js';
 

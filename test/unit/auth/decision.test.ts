@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
+import type { TokenCheck } from '../../../src/auth/decision.js';
 import { bindAllows, type DecisionPolicy, decide, decideCachedUser } from '../../../src/auth/decision.js';
-import type { TokenCheck } from '../../../src/auth/token-checker.js';
 import type { BindMode } from '../../../src/config/auth-options.js';
 import { KeystoneUnavailableError } from '../../../src/errors.js';
 import { parseTokenBody, type TokenInfo } from '../../../src/keystone/token-info.js';

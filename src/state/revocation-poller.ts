@@ -6,7 +6,7 @@
  */
 import type { RevocationFeedAnswer } from '../keystone/client.js';
 import type { AuthObserver, Logger } from '../observability/observer.js';
-import { parseRevocationEvents, type RevocationIndex } from './revocation.js';
+import { parseRevocationEvents, type RevocationEvent, type RevocationIndex } from './revocation.js';
 
 export type RevocationPollOutcome = 'ok' | 'error' | 'unsupported';
 
@@ -23,8 +23,8 @@ export interface RevocationPollerOptions {
   readonly unsupportedRetryMs: number;
   /** Wall clock in ms. */
   readonly now: () => number;
-  /** New events are indexed: drop what they match from the caches; returns how many identities went. */
-  readonly onNewEvents: () => number;
+  /** These events are new (and indexed): drop what they match from the caches; returns how many identities went. */
+  readonly onNewEvents: (events: readonly RevocationEvent[]) => number;
   readonly logger: Logger;
   readonly observer: AuthObserver;
 }
@@ -125,15 +125,17 @@ export class RevocationPoller {
     const { events, problems } = parseRevocationEvents(answer.body);
     if (problems.length > 0) logger.warn({ problems: problems.slice(0, 5) }, 'revocation events skipped');
     const added = index.add(events);
-    const evicted = added > 0 ? this.#options.onNewEvents() : 0;
+    const evicted = added.length > 0 ? this.#options.onNewEvents(added) : 0;
     index.prune(now() - retentionMs);
     if (this.#state !== 'active') {
       logger.info({ events: index.size }, 'revocation events are being applied');
     }
-    if (evicted > 0) logger.info({ newEvents: added, evicted }, 'revoked identities dropped from the cache');
+    if (evicted > 0) {
+      logger.info({ newEvents: added.length, evicted }, 'revoked identities dropped from the cache');
+    }
     this.#state = 'active';
     this.#lastSuccessMs = now();
-    observer.revocationPoll?.('ok', added, evicted);
+    observer.revocationPoll?.('ok', added.length, evicted);
     return 'ok';
   }
 }

@@ -7,7 +7,7 @@ import {
   memcacheEntryKeys,
   protectEntry,
   unprotectEntry,
-} from '../../../src/auth/memcache-crypt.js';
+} from '../../../src/state/memcache-crypt.js';
 
 const TOKEN_A = 'gAAAAABmemcache-token-a';
 const TOKEN_B = 'gAAAAABmemcache-token-b';

@@ -13,7 +13,7 @@ import {
   unprotectEntry,
 } from './memcache-crypt.js';
 
-/** What the tier needs from memcached (src/auth/memcached.ts); never rejects. */
+/** What the tier needs from memcached (src/state/memcached.ts); never rejects. */
 export interface SharedStore {
   get(key: string): Promise<Buffer | undefined>;
   set(key: string, value: Buffer, ttlSeconds: number): Promise<void>;

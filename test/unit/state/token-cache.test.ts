@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { TokenCache } from '../../../src/auth/token-cache.js';
 import { parseTokenBody, type TokenInfo } from '../../../src/keystone/token-info.js';
+import { TokenCache } from '../../../src/state/token-cache.js';
 import { fixtureTokenBody } from '../../../src/testing.js';
 
 function clock(start = Date.parse('2030-01-01T00:00:00Z')) {

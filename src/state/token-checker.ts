@@ -3,19 +3,13 @@
  * (shared by replicas), then Keystone. Concurrent checks of one token share one lookup (single flight,
  * detached from any one request); Keystone errors are never cached; known revocations are never served.
  */
-import { type InvalidTokenReason, KeystoneUnavailableError } from '../errors.js';
+import type { TokenCheck, TokenSource } from '../auth/decision.js';
+import { KeystoneUnavailableError } from '../errors.js';
 import type { TokenValidator } from '../keystone/client.js';
 import { MalformedTokenBodyError, parseTokenBody, type TokenInfo } from '../keystone/token-info.js';
 import type { AuthObserver, Logger } from '../observability/observer.js';
 import type { SharedTokenCache } from './shared-cache.js';
 import type { CachedIdentity, CacheMode, TokenCache } from './token-cache.js';
-
-export type TokenSource = 'cache' | 'shared' | 'keystone' | 'stale';
-
-export type TokenCheck =
-  | { readonly status: 'valid'; readonly info: TokenInfo; readonly source: TokenSource }
-  | { readonly status: 'invalid'; readonly reason: InvalidTokenReason }
-  | { readonly status: 'unavailable'; readonly error: KeystoneUnavailableError };
 
 type Fetched =
   | { readonly status: 'valid'; readonly info: TokenInfo; readonly source: Exclude<TokenSource, 'cache'> }
@@ -37,6 +31,11 @@ export interface TokenCheckerOptions {
   /** Known revocation events (OS-REVOKE polling); absent: no polling. */
   readonly isRevoked?: ((info: TokenInfo) => boolean) | undefined;
   readonly renderCatalog: boolean;
+  /**
+   * An identity was re-validated, or found invalid or revoked: copies of it held elsewhere (a cluster worker's
+   * L1) must be dropped, and asked for again.
+   */
+  readonly onForget?: ((key: string) => void) | undefined;
   /** Wall clock in ms. */
   readonly now: () => number;
   readonly observer: AuthObserver;
@@ -118,7 +117,10 @@ export class TokenChecker {
     const flightKey = `${mode}:${key}`;
     if (this.#inflight.has(flightKey)) return;
     this.#options.observer.cache?.('revalidate');
-    const flight = this.#fetch(token, key, mode, true).finally(() => this.#inflight.delete(flightKey));
+    const flight = this.#fetch(token, key, mode, true).finally(() => {
+      this.#inflight.delete(flightKey);
+      this.#options.onForget?.(key);
+    });
     this.#inflight.set(flightKey, flight);
   }
 
@@ -142,6 +144,7 @@ export class TokenChecker {
         cache.delete(key);
         if (sharedKeys !== undefined) shared?.delete(sharedKeys.cacheKey);
         if (mode === 'normal') cache.setInvalid(key);
+        this.#options.onForget?.(key);
         logger.info({ tokenHash: fingerprint }, 'Keystone does not recognise the token');
         return { status: 'invalid', reason: 'not_found' };
       }
@@ -150,6 +153,7 @@ export class TokenChecker {
       if (isRevoked?.(info) === true) {
         this.#options.observer.cache?.('revoked');
         cache.delete(key);
+        this.#options.onForget?.(key);
         return { status: 'invalid', reason: 'revoked' };
       }
       cache.set(key, info, mode, { sharedKey: sharedKeys?.cacheKey });

@@ -367,9 +367,9 @@ export class RevocationIndex {
   #maxIssuedBeforeMs = Number.NEGATIVE_INFINITY;
   #newestRevokedAtMs: number | undefined;
 
-  /** Adds events not known yet (events have no id: equal content is the same event). Returns how many were new. */
-  add(events: Iterable<RevocationEvent>): number {
-    let added = 0;
+  /** Adds events not known yet (events have no id: equal content is the same event). Returns the new ones. */
+  add(events: Iterable<RevocationEvent>): RevocationEvent[] {
+    const added: RevocationEvent[] = [];
     for (const event of events) {
       const key = contentKey(event);
       if (this.#byContent.has(key)) continue;
@@ -379,7 +379,7 @@ export class RevocationIndex {
       if (this.#newestRevokedAtMs === undefined || revokedAtMs > this.#newestRevokedAtMs) {
         this.#newestRevokedAtMs = revokedAtMs;
       }
-      added++;
+      added.push(event);
     }
     return added;
   }

@@ -10,7 +10,13 @@ import { loadProxyConfig } from './config/proxy-config.js';
 import { ConfigError } from './errors.js';
 import { createLogger } from './observability/logger.js';
 import { createMetrics } from './observability/metrics.js';
-import { autoWorkers, isClusterWorker, runWorker, startCluster } from './proxy/cluster.js';
+import {
+  autoWorkers,
+  isClusterWorker,
+  runWorker,
+  startCluster,
+  warmUpInBackground,
+} from './proxy/cluster.js';
 import { startProxy } from './proxy/server.js';
 import { VERSION } from './version.js';
 
@@ -71,31 +77,28 @@ async function main(argv: string[]): Promise<number> {
   }
 
   const logger = createLogger({ level: config.log.level, format: config.log.format });
+  const worker = isClusterWorker();
+  const metrics = config.metrics.enabled
+    ? createMetrics({ prefix: config.metrics.prefix, version: VERSION, role: worker ? 'worker' : 'process' })
+    : undefined;
+  if (worker) return runWorker(config, logger, metrics);
   const workers =
     config.workers === 'auto' ? autoWorkers(availableParallelism(), readTextIfPresent) : config.workers;
-  const metricsFor = () =>
-    config.metrics.enabled ? createMetrics({ prefix: config.metrics.prefix, version: VERSION }) : undefined;
-  if (isClusterWorker()) return runWorker(config, logger, metricsFor());
 
   let running: { url: string | undefined; adminUrl: string | undefined; forwardAuthUrl: string | undefined };
   let shutdown: (graceMs: number) => Promise<{ unfinished: number }>;
   let inFlight: () => number | undefined = () => undefined;
   try {
     if (workers > 1) {
-      const clustered = await startCluster(config, workers, logger, config.metrics.enabled);
+      const clustered = await startCluster(config, workers, logger, metrics);
       running = clustered;
       shutdown = (graceMs) => clustered.shutdown(graceMs);
     } else {
-      const single = await startProxy(config, { logger, metrics: metricsFor() });
+      const single = await startProxy(config, { logger, metrics });
       running = single;
       shutdown = (graceMs) => single.shutdown(graceMs);
       inFlight = () => single.inFlight();
-      single.authenticator.warmUp().catch((error: unknown) => {
-        logger.warn(
-          { err: { message: (error as Error).message } },
-          'Keystone not reachable yet; will retry on demand',
-        );
-      });
+      warmUpInBackground(single.authenticator, logger);
     }
   } catch (error) {
     logger.fatal(

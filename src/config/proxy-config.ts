@@ -52,7 +52,13 @@ export const proxyConfigSchema = z
       .union([z.literal('auto'), numberLike.pipe(z.number().int().min(1, { message: 'must be at least 1' }))])
       .default('auto')
       .describe(
-        'Processes serving the proxied port (node:cluster); auto: one per CPU core, at most the cgroup CPU limit (rounded up). Each has its own cache.',
+        'Processes serving the proxied port (node:cluster); auto: one per CPU core, at most the cgroup CPU limit (rounded up). With more than one, a primary process holds the one token cache, validations in flight, Keystone breaker and revocation poller of the host; each worker keeps a small copy (L1) of the identities it served.',
+      ),
+    worker_cache_max_entries: numberLike
+      .pipe(z.number().int().min(0, { message: 'must be 0 or more' }))
+      .default(4096)
+      .describe(
+        'Identities each worker keeps in its own L1 (with workers > 1; bounded by token_cache_max_bytes too): served with no round trip to the primary. 0: every request asks the primary.',
       ),
     upstream: z
       .object({

@@ -9,6 +9,7 @@ import type {
   AuthObserver,
   CacheEvent,
   CircuitState,
+  HostLookupOutcome,
   KeystoneOperation,
   KeystoneOutcome,
   MemcachedOperation,
@@ -31,9 +32,12 @@ export type UpstreamErrorReason =
   | 'other';
 
 export interface MetricsSource {
-  cacheEntries(): number;
-  cacheBytes(): number;
-  validationsInFlight(): number;
+  /** The host state's cache (one process, or a cluster's primary). */
+  cacheEntries?(): number;
+  cacheBytes?(): number;
+  validationsInFlight?(): number;
+  /** A cluster worker's own L1. */
+  workerCacheEntries?(): number;
 }
 
 export interface ProxyMetrics extends Required<AuthObserver> {
@@ -61,6 +65,11 @@ export interface MetricsOptions {
   collectProcessMetrics?: boolean;
   /** Defaults to a fresh Registry; pass one to merge with an embedder's own (names must not clash). */
   registry?: Registry;
+  /**
+   * `worker`: a cluster worker, whose /metrics the primary adds to its own: the host state's metrics (Keystone,
+   * cache size, breaker, memcached, revocation, service token) are left to the primary. Default `process`.
+   */
+  role?: 'process' | 'worker';
 }
 
 // Records keyed by the unions make the compiler reject a union member that is missing here.
@@ -106,6 +115,12 @@ const REVOCATION_POLL_OUTCOMES: Record<'ok' | 'error' | 'unsupported', true> = {
   ok: true,
   error: true,
   unsupported: true,
+};
+const HOST_LOOKUP_OUTCOMES: Record<HostLookupOutcome, true> = {
+  valid: true,
+  invalid: true,
+  unavailable: true,
+  unanswered: true,
 };
 const CIRCUIT_STATES: Record<CircuitState, true> = { closed: true, open: true, half_open: true };
 const UPSTREAM_ERROR_REASONS: Record<UpstreamErrorReason, true> = {
@@ -155,6 +170,8 @@ const REQUEST_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
 /** Keystone calls always cross the network, so the sub-millisecond buckets would stay empty. */
 /** memcached answers in well under a millisecond on a LAN; the top buckets are the operation deadline. */
 const MEMCACHED_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1];
+/** A worker → primary round trip is tens of microseconds; the top buckets are the primary asking Keystone. */
+const HOST_LOOKUP_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25, 1, 5];
 const KEYSTONE_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 function keysOf<K extends string>(record: Record<K, true>): K[] {
@@ -183,10 +200,12 @@ function seconds(value: number): number | undefined {
 export function createMetrics(options: MetricsOptions): ProxyMetrics {
   const registry = options.registry ?? new Registry();
   const registers = [registry];
+  // A cluster worker holds no host state: the primary alone exports it, so /metrics counts it once per host.
+  const hostRegisters = options.role === 'worker' ? [] : [registry];
   const name = (suffix: string): string => `${options.prefix}_${suffix}`;
   const sources: MetricsSource[] = [];
-  const sum = (read: (source: MetricsSource) => number): number =>
-    sources.reduce((total, source) => total + read(source), 0);
+  const sum = (read: (source: MetricsSource) => number | undefined): number =>
+    sources.reduce((total, source) => total + (read(source) ?? 0), 0);
 
   const requests = new Counter({
     name: name('http_requests_total'),
@@ -216,14 +235,14 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
     name: name('keystone_requests_total'),
     help: 'Requests sent to Keystone, by operation and outcome.',
     labelNames: ['operation', 'outcome'] as const,
-    registers,
+    registers: hostRegisters,
   });
   const keystoneDuration = new Histogram({
     name: name('keystone_request_duration_seconds'),
     help: 'Duration of requests to Keystone, in seconds.',
     labelNames: ['operation'] as const,
     buckets: KEYSTONE_BUCKETS,
-    registers,
+    registers: hostRegisters,
   });
   const cacheRequests = new Counter({
     name: name('token_cache_requests_total'),
@@ -234,60 +253,75 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
   new Gauge({
     name: name('token_cache_entries'),
     help: 'Tokens currently held in the validation cache.',
-    registers,
+    registers: hostRegisters,
     collect() {
-      this.set(sum((source) => source.cacheEntries()));
+      this.set(sum((source) => source.cacheEntries?.()));
     },
   });
   new Gauge({
     name: name('token_cache_bytes'),
     help: 'Approximate size of the token validation cache, in bytes.',
-    registers,
+    registers: hostRegisters,
     collect() {
-      this.set(sum((source) => source.cacheBytes()));
+      this.set(sum((source) => source.cacheBytes?.()));
     },
   });
   new Gauge({
     name: name('keystone_validations_in_flight'),
     help: 'Token validations currently waiting for Keystone.',
+    registers: hostRegisters,
+    collect() {
+      this.set(sum((source) => source.validationsInFlight?.()));
+    },
+  });
+  new Gauge({
+    name: name('worker_cache_entries'),
+    help: "Identities held in the cluster workers' own caches (L1, copies of the host cache), summed over the workers; 0 with workers: 1.",
     registers,
     collect() {
-      this.set(sum((source) => source.validationsInFlight()));
+      this.set(sum((source) => source.workerCacheEntries?.()));
     },
+  });
+  const hostLookups = new Histogram({
+    name: name('host_lookup_duration_seconds'),
+    help: 'Questions of a cluster worker to its primary about a token its L1 did not hold, by outcome, in seconds (Keystone calls the primary made included); none with workers: 1.',
+    labelNames: ['outcome'] as const,
+    buckets: HOST_LOOKUP_BUCKETS,
+    registers,
   });
   const memcachedOps = new Counter({
     name: name('memcached_operations_total'),
     help: 'Operations of the shared (memcached) cache tier, by operation and outcome; skipped_down: server marked down.',
     labelNames: ['operation', 'outcome'] as const,
-    registers,
+    registers: hostRegisters,
   });
   const memcachedDuration = new Histogram({
     name: name('memcached_operation_duration_seconds'),
     help: 'Duration of memcached operations, in seconds (bounded by memcache_pool_socket_timeout).',
     labelNames: ['operation'] as const,
     buckets: MEMCACHED_BUCKETS,
-    registers,
+    registers: hostRegisters,
   });
   const revocationPolls = new Counter({
     name: name('revocation_polls_total'),
     help: 'Polls of Keystone revocation events, by outcome; unsupported: Keystone refused the API (TTL-only).',
     labelNames: ['outcome'] as const,
-    registers,
+    registers: hostRegisters,
   });
   const revocationEvents = new Counter({
     name: name('revocation_events_total'),
     help: 'New revocation events received from Keystone.',
-    registers,
+    registers: hostRegisters,
   });
   const revocationEvictions = new Counter({
     name: name('revocation_evictions_total'),
     help: 'Cached identities dropped because a revocation event matched them.',
-    registers,
+    registers: hostRegisters,
   });
   const revocationLastSuccess = new Gauge({
     name: name('revocation_last_success_timestamp_seconds'),
     help: 'Unix time of the last successful revocation poll; 0 before the first.',
-    registers,
+    registers: hostRegisters,
     aggregator: 'max',
   });
   const upstreamErrors = new Counter({
@@ -300,13 +334,13 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
     name: name('service_token_refreshes_total'),
     help: "Attempts to obtain the proxy's own Keystone token, by outcome.",
     labelNames: ['outcome'] as const,
-    registers,
+    registers: hostRegisters,
   });
   const circuit = new Gauge({
     name: name('keystone_circuit_state'),
     help: 'State of the circuit breaker around Keystone: 1 for the current state, 0 for the others (with workers: how many are in each state).',
     labelNames: ['state'] as const,
-    registers,
+    registers: hostRegisters,
   });
   const setCircuit = (state: CircuitState): void => {
     for (const known of keysOf(CIRCUIT_STATES)) circuit.set({ state: known }, known === state ? 1 : 0);
@@ -331,6 +365,7 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
   for (const reason of keysOf(UPSTREAM_ERROR_REASONS)) upstreamErrors.inc({ reason }, 0);
   for (const outcome of keysOf(SERVICE_TOKEN_OUTCOMES)) serviceTokenRefreshes.inc({ outcome }, 0);
   for (const outcome of keysOf(REVOCATION_POLL_OUTCOMES)) revocationPolls.inc({ outcome }, 0);
+  for (const outcome of keysOf(HOST_LOOKUP_OUTCOMES)) hostLookups.zero({ outcome });
   revocationLastSuccess.set(0);
 
   if (options.collectProcessMetrics !== false) collectDefaultMetrics({ register: registry });
@@ -380,6 +415,12 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
       if (newEvents > 0) revocationEvents.inc(newEvents);
       if (evicted > 0) revocationEvictions.inc(evicted);
       if (outcome === 'ok') revocationLastSuccess.set(Date.now() / 1000);
+    },
+    hostLookup: (outcome, durationSeconds) => {
+      const duration = seconds(durationSeconds);
+      if (duration !== undefined) {
+        hostLookups.observe({ outcome: bounded(HOST_LOOKUP_OUTCOMES, outcome) }, duration);
+      }
     },
     circuitState: (state) => setCircuit(state in CIRCUIT_STATES ? state : 'closed'),
     serviceTokenRefresh: (outcome) => {

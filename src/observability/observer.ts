@@ -43,7 +43,12 @@ export interface AuthObserver {
   revocationPoll?(outcome: 'ok' | 'error' | 'unsupported', newEvents: number, evicted: number): void;
   /** One memcached operation of the shared cache tier. */
   memcached?(operation: MemcachedOperation, outcome: MemcachedOutcome, durationSeconds: number): void;
+  /** A cluster worker asked its primary about a token its own L1 did not hold. */
+  hostLookup?(outcome: HostLookupOutcome, durationSeconds: number): void;
 }
+
+/** `unanswered`: the primary did not answer in time, or is gone (the request gets 503). */
+export type HostLookupOutcome = 'valid' | 'invalid' | 'unavailable' | 'unanswered';
 
 export type MemcachedOperation = 'get' | 'set' | 'delete';
 /** `skipped_down`: the server is marked down, answered at once without trying it. */

@@ -126,141 +126,25 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
     changeOrigin: false,
   });
 
-  const responseHead = (
-    res: ServerResponse,
-    status: number,
-    headers: Record<string, string | string[] | undefined>,
-  ): void => {
-    removeHopByHop(headers);
-    // Framing is per connection: Node frames the body for this client (chunked for HTTP/1.1; for an HTTP/1.0
-    // client, which cannot read chunks, until the connection closes).
-    if (headers['transfer-encoding'] === 'chunked') delete headers['transfer-encoding'];
-    // The client connection's own fate (a client's `Connection: close`, or our drain), not the upstream's.
-    const keep = res.shouldKeepAlive && options.draining?.() !== true;
-    headers.connection = keep ? 'keep-alive' : 'close';
-    if (status === 401) {
-      const existing = headers['www-authenticate'];
-      const values = existing === undefined ? [] : Array.isArray(existing) ? existing : [existing];
-      headers['www-authenticate'] = [...values, options.wwwAuthenticate];
-    }
-  };
-
   return {
     web(req, res, onFailure) {
-      let reported = false;
-      const report = (failure: UpstreamFailure, status: 502 | 504 | 413): void => {
-        if (reported) return;
-        reported = true;
-        // The response already started: all that can be done is cut it, so the client sees a broken body.
-        if (res.headersSent) res.destroy();
-        else onFailure(failure, status);
-      };
-      const fail = (error: unknown): void => {
-        const failure = failureOf(error);
-        report(failure, failure === 'connect_timeout' || failure === 'response_timeout' ? 504 : 502);
-      };
-
-      const headers = req.headers;
-      const length = headers['content-length'];
-      const chunked = headers['transfer-encoding'] !== undefined;
-      let body: NodeJS.ReadableStream | null =
-        chunked || (length !== undefined && length !== '0') ? req : null;
-      const max = options.maxBodyBytes ?? 0;
-      if (max > 0 && length === undefined && chunked) {
-        // Only bodies without a declared length need counting; a declared one was checked before.
-        let received = 0;
-        const counted = new Transform({
-          transform(chunk: Buffer, _encoding, callback) {
-            received += chunk.length;
-            if (received > max)
-              callback(Object.assign(new Error('request body too large'), { code: 'KAP_TOO_LARGE' }));
-            else callback(null, chunk);
-          },
-        });
-        req.pipe(counted);
-        counted.on('error', () => {
-          req.destroy();
-          report('other', 413);
-        });
-        body = counted;
-      }
+      const failures = new FailureReport(res, onFailure);
+      const body = requestBody(req, options.maxBodyBytes ?? 0, () => failures.report('other', 413));
       // undici frames the body itself (chunked when no length is declared) and refuses these request headers.
-      delete headers['transfer-encoding'];
-      delete headers.expect;
+      delete req.headers['transfer-encoding'];
+      delete req.headers.expect;
       addForwarded(req, 'encrypted' in req.socket && req.socket.encrypted === true);
-
-      let controller: Dispatcher.DispatchController | undefined;
-      let cut: Error | undefined;
-      let deadline: NodeJS.Timeout | undefined;
-      const abort = (reason: Error): void => {
-        cut ??= reason;
-        controller?.abort(reason);
-      };
-      // The response head deadline starts once the request body has been sent, so an upload (a Glance image) may
-      // stream for as long as it needs; so may the response body.
-      let answered = false;
-      const armDeadline = (): void => {
-        // An upstream may answer before the body is all sent (an early 413, or a download already streaming).
-        if (answered) return;
-        deadline = setTimeout(() => abort(new ResponseTimeout()), options.responseTimeoutMs);
-        deadline.unref();
-      };
-      const disarm = (): void => clearTimeout(deadline);
-      if (body === null) armDeadline();
-      else req.once('end', armDeadline);
-      res.once('close', () => {
-        disarm();
-        if (!res.writableFinished) abort(new Error('client went away'));
-      });
-
-      let waitingForDrain = false;
+      const relay = new ResponseRelay(res, options, failures);
+      relay.armDeadlineAfter(body === null ? undefined : req);
       pool.dispatch(
         {
           origin: options.target.origin,
           path: prefix + (req.url ?? '/'),
           method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
-          headers: headers as Record<string, string | string[]>,
+          headers: req.headers as Record<string, string | string[]>,
           body: body as Dispatcher.DispatchOptions['body'],
         },
-        {
-          onRequestStart(c) {
-            controller = c;
-            if (cut !== undefined) c.abort(cut);
-          },
-          onResponseStart(c, status, responseHeaders, statusMessage) {
-            // 1xx informational answers (103 Early Hints) are not relayed; the final answer follows.
-            if (status < 200) return;
-            answered = true;
-            disarm();
-            const outgoing = responseHeaders as Record<string, string | string[] | undefined>;
-            responseHead(res, status, outgoing);
-            try {
-              res.writeHead(status, statusMessage || undefined, outgoing);
-            } catch (error) {
-              c.abort(error as Error);
-            }
-          },
-          onResponseData(c, chunk) {
-            if (res.write(chunk) || waitingForDrain) return;
-            // Backpressure: a slow client slows the upstream read, nothing piles up here.
-            waitingForDrain = true;
-            c.pause();
-            res.once('drain', () => {
-              waitingForDrain = false;
-              c.resume();
-            });
-          },
-          onResponseEnd() {
-            disarm();
-            res.end();
-          },
-          onResponseError(_c, error) {
-            disarm();
-            if (cut instanceof ResponseTimeout) fail(cut);
-            else if (cut !== undefined) res.destroy();
-            else fail(error);
-          },
-        },
+        relay,
       );
     },
     ws(req, socket, head, onFailure) {
@@ -275,4 +159,175 @@ export function createForwarder(options: ForwarderOptions): Forwarder {
       void pool.destroy();
     },
   };
+}
+
+/** Reports one failure at most: to the caller while nothing was sent, else by cutting the response. */
+class FailureReport {
+  readonly #res: ServerResponse;
+  readonly #onFailure: (failure: UpstreamFailure, status: 502 | 504 | 413) => void;
+  #reported = false;
+
+  constructor(res: ServerResponse, onFailure: (failure: UpstreamFailure, status: 502 | 504 | 413) => void) {
+    this.#res = res;
+    this.#onFailure = onFailure;
+  }
+
+  report(failure: UpstreamFailure, status: 502 | 504 | 413): void {
+    if (this.#reported) return;
+    this.#reported = true;
+    // The response already started: all that can be done is cut it, so the client sees a broken body.
+    if (this.#res.headersSent) this.#res.destroy();
+    else this.#onFailure(failure, status);
+  }
+
+  /** An upstream error: 504 for the deadlines, 502 for the rest. */
+  fail(error: unknown): void {
+    const failure = failureOf(error);
+    this.report(failure, failure === 'connect_timeout' || failure === 'response_timeout' ? 504 : 502);
+  }
+}
+
+/**
+ * The body to send upstream, or null when there is none. Only bodies without a declared length need counting
+ * against `maxBodyBytes` (a declared one was checked before); past it the request is cut and `tooLarge` called.
+ */
+function requestBody(
+  req: IncomingMessage,
+  maxBodyBytes: number,
+  tooLarge: () => void,
+): NodeJS.ReadableStream | null {
+  const length = req.headers['content-length'];
+  const chunked = req.headers['transfer-encoding'] !== undefined;
+  if (!chunked && (length === undefined || length === '0')) return null;
+  if (maxBodyBytes <= 0 || length !== undefined || !chunked) return req;
+  let received = 0;
+  const counted = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      received += chunk.length;
+      if (received > maxBodyBytes) callback(new Error('request body too large'));
+      else callback(null, chunk);
+    },
+  });
+  req.pipe(counted);
+  counted.on('error', () => {
+    req.destroy();
+    tooLarge();
+  });
+  return counted;
+}
+
+/**
+ * undici's handler for one exchange: relays the upstream's answer to the client with backpressure, keeps the
+ * response-head deadline, and aborts the upstream exchange when the client goes away.
+ */
+class ResponseRelay implements Dispatcher.DispatchHandler {
+  readonly #res: ServerResponse;
+  readonly #options: ForwarderOptions;
+  readonly #failures: FailureReport;
+  #controller: Dispatcher.DispatchController | undefined;
+  #cut: Error | undefined;
+  #deadline: NodeJS.Timeout | undefined;
+  #answered = false;
+  #waitingForDrain = false;
+
+  constructor(res: ServerResponse, options: ForwarderOptions, failures: FailureReport) {
+    this.#res = res;
+    this.#options = options;
+    this.#failures = failures;
+    res.once('close', () => {
+      this.#disarm();
+      if (!res.writableFinished) this.#abort(new Error('client went away'));
+    });
+  }
+
+  /**
+   * The response head deadline starts once the request body has been sent (`body` ended, or at once without a
+   * body), so an upload (a Glance image) may stream for as long as it needs; so may the response body.
+   */
+  armDeadlineAfter(body: IncomingMessage | undefined): void {
+    const arm = (): void => {
+      // An upstream may answer before the body is all sent (an early 413, or a download already streaming).
+      if (this.#answered) return;
+      this.#deadline = setTimeout(() => this.#abort(new ResponseTimeout()), this.#options.responseTimeoutMs);
+      this.#deadline.unref();
+    };
+    if (body === undefined) arm();
+    else body.once('end', arm);
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.#controller = controller;
+    if (this.#cut !== undefined) controller.abort(this.#cut);
+  }
+
+  onResponseStart(
+    controller: Dispatcher.DispatchController,
+    status: number,
+    headers: Record<string, string | string[] | undefined>,
+    statusMessage?: string,
+  ): void {
+    // 1xx informational answers (103 Early Hints) are not relayed; the final answer follows.
+    if (status < 200) return;
+    this.#answered = true;
+    this.#disarm();
+    responseHead(this.#res, status, headers, this.#options);
+    try {
+      this.#res.writeHead(status, statusMessage || undefined, headers);
+    } catch (error) {
+      controller.abort(error as Error);
+    }
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#res.write(chunk) || this.#waitingForDrain) return;
+    // Backpressure: a slow client slows the upstream read, nothing piles up here.
+    this.#waitingForDrain = true;
+    controller.pause();
+    this.#res.once('drain', () => {
+      this.#waitingForDrain = false;
+      controller.resume();
+    });
+  }
+
+  onResponseEnd(): void {
+    this.#disarm();
+    this.#res.end();
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
+    this.#disarm();
+    if (this.#cut instanceof ResponseTimeout) this.#failures.fail(this.#cut);
+    else if (this.#cut !== undefined) this.#res.destroy();
+    else this.#failures.fail(error);
+  }
+
+  #abort(reason: Error): void {
+    this.#cut ??= reason;
+    this.#controller?.abort(reason);
+  }
+
+  #disarm(): void {
+    clearTimeout(this.#deadline);
+  }
+}
+
+/** The upstream's response head, made right for this client connection. */
+function responseHead(
+  res: ServerResponse,
+  status: number,
+  headers: Record<string, string | string[] | undefined>,
+  options: ForwarderOptions,
+): void {
+  removeHopByHop(headers);
+  // Framing is per connection: Node frames the body for this client (chunked for HTTP/1.1; for an HTTP/1.0
+  // client, which cannot read chunks, until the connection closes).
+  if (headers['transfer-encoding'] === 'chunked') delete headers['transfer-encoding'];
+  // The client connection's own fate (a client's `Connection: close`, or our drain), not the upstream's.
+  const keep = res.shouldKeepAlive && options.draining?.() !== true;
+  headers.connection = keep ? 'keep-alive' : 'close';
+  if (status === 401) {
+    const existing = headers['www-authenticate'];
+    const values = existing === undefined ? [] : Array.isArray(existing) ? existing : [existing];
+    headers['www-authenticate'] = [...values, options.wwwAuthenticate];
+  }
 }

@@ -4,7 +4,15 @@
  * while down, and the tier is used again once it is back.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type CliRun, cliBuilt, sidecarYaml, singleProcess, startCli, writeConfig } from '../helpers/cli.js';
+import {
+  type CliRun,
+  cliBuilt,
+  scrapeMetric,
+  sidecarYaml,
+  singleProcess,
+  startCli,
+  writeConfig,
+} from '../helpers/cli.js';
 import { echo } from '../helpers/echo-app.js';
 import { listen, type Running } from '../helpers/http.js';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../helpers/keystone-emulator.js';
@@ -14,11 +22,7 @@ const { users, projects, roles } = fixtures;
 const ENV = { TEST_PROXY_PASSWORD: users.proxy.password as string };
 const SOCKET_TIMEOUT_SECONDS = 0.3;
 
-async function metric(proxy: CliRun, series: string): Promise<number> {
-  const text = await (await fetch(`${proxy.adminUrl}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
-  return line === undefined ? 0 : Number(line.slice(series.length + 1));
-}
+const metric = (proxy: CliRun, series: string): Promise<number> => scrapeMetric(proxy.adminUrl, series);
 
 describe.skipIf(skipWithoutMemcached || !cliBuilt())('memcached outage under load', () => {
   let keystone: KeystoneEmulator;

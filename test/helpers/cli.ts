@@ -157,3 +157,10 @@ keystone_authtoken:
   http_request_timeout_seconds: ${o.keystoneTimeoutSeconds}
 ${extra}${o.rest ?? ''}`;
 }
+
+/** One series of a /metrics scrape (`name{labels}` exactly as exported), 0 when it is absent. */
+export async function scrapeMetric(adminUrl: string, series: string): Promise<number> {
+  const text = await (await fetch(`${adminUrl}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? 0 : Number(line.slice(series.length + 1));
+}

@@ -249,6 +249,8 @@ describe('createMetrics', () => {
       ['revocation_events_total', 'counter'],
       ['revocation_evictions_total', 'counter'],
       ['revocation_last_success_timestamp_seconds', 'gauge'],
+      ['worker_cache_entries', 'gauge'],
+      ['host_lookup_duration_seconds', 'histogram'],
       ['build_info', 'gauge'],
     ];
     for (const [name, type] of names) {
@@ -370,5 +372,34 @@ describe('circuit state gauge', () => {
     m.circuitState('open');
     text = await m.scrape();
     expect([value(text, 'closed'), value(text, 'open'), value(text, 'half_open')]).toEqual([0, 1, 0]);
+  });
+
+  it('a cluster worker leaves the host state to its primary: its metrics only count what it served', async () => {
+    const worker = metrics({ role: 'worker' });
+    worker.keystoneRequest('validate', 'ok', 0.01);
+    worker.circuitState('open');
+    worker.cache('hit');
+    worker.hostLookup('valid', 0.0002);
+    worker.track({ cacheEntries: () => 7, workerCacheEntries: () => 3 });
+    const text = await worker.scrape();
+    for (const host of [
+      'keystone_requests_total',
+      'keystone_request_duration_seconds',
+      'token_cache_entries',
+      'token_cache_bytes',
+      'keystone_validations_in_flight',
+      'keystone_circuit_state',
+      'service_token_refreshes_total',
+      'memcached_operations_total',
+      'revocation_polls_total',
+      'revocation_last_success_timestamp_seconds',
+    ]) {
+      expect(text).not.toContain(`${P}_${host}`);
+    }
+    expect(text).toContain(`${P}_token_cache_requests_total{result="hit"} 1`);
+    expect(text).toContain(`${P}_worker_cache_entries 3`);
+    expect(text).toContain(`${P}_host_lookup_duration_seconds_count{outcome="valid"} 1`);
+    // The default role exports the host state.
+    expect(await metrics().scrape()).toContain(`${P}_keystone_circuit_state{state="closed"} 1`);
   });
 });

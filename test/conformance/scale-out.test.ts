@@ -1,6 +1,6 @@
 /**
- * Scale-out against the real Keystone and a real memcached: two replicas of our CLI sharing one memcached
- * (ENCRYPT), keystonemiddleware 10.1 sharing it too, and revocation noticed by polling OS-REVOKE (token
+ * Scale-out against the real Keystone and a real memcached: two replicas of our CLI (A a host of two workers,
+ * B one process) sharing one memcached (ENCRYPT), keystonemiddleware 10.1 sharing it too, and revocation noticed by polling OS-REVOKE (token
  * revoked, user disabled, password changed) or by background re-validation (role unassigned, which makes no
  * event). Measured delays are printed (`revocation delay …`) for the issue notes.
  *
@@ -37,9 +37,10 @@ function config(
   f: Fixtures,
   memcachedPort: number,
   extra: Record<string, unknown>,
+  workers: number,
 ): string {
   return JSON.stringify({
-    workers: 1,
+    workers,
     listen: { host: '127.0.0.1', port: 0 },
     upstream: { url: upstream },
     admin_listen: { host: '127.0.0.1', port: 0 },
@@ -102,8 +103,11 @@ describe.skipIf(!keystoneAvailable() || !cliBuilt() || !memcachedAvailable)(
     let revalidating: CliRun;
     const proxies: CliRun[] = [];
 
-    const start = async (extra: Record<string, unknown> = {}) => {
-      const run = await startCli(['--config', writeConfig(config(upstream.url, f, memcached.port, extra))]);
+    const start = async (extra: Record<string, unknown> = {}, workers = 1) => {
+      const run = await startCli([
+        '--config',
+        writeConfig(config(upstream.url, f, memcached.port, extra, workers)),
+      ]);
       proxies.push(run);
       return run;
     };
@@ -113,7 +117,8 @@ describe.skipIf(!keystoneAvailable() || !cliBuilt() || !memcachedAvailable)(
       upstream = await listen(echo);
       memcached = await startMemcached();
       [replicaA, replicaB, noPolling, revalidating] = await Promise.all([
-        start(),
+        // Replica A is a host of two workers: its validations are the host's, shared with B through memcached.
+        start({}, 2),
         start(),
         start({ revocation_poll_interval_seconds: 0 }),
         start({ revocation_poll_interval_seconds: 0, token_revalidate_seconds: REVALIDATE_SECONDS }),

@@ -72,8 +72,10 @@ const DIFFERENCES = [
   },
   {
     n: 4,
-    title: 'The cache is shared by all requests of a process.',
-    reason: 'keystonemiddleware caches per pooled client/worker; not visible here: its side runs one worker',
+    title: 'The cache is shared by all requests of a host.',
+    reason:
+      'keystonemiddleware caches per pooled client and per worker; not visible here: its side runs one ' +
+      'worker (test/conformance/one-host.test.ts proves the host side)',
     cases: '',
   },
   {

@@ -79,7 +79,12 @@ async function main(argv: string[]): Promise<number> {
   const logger = createLogger({ level: config.log.level, format: config.log.format });
   const worker = isClusterWorker();
   const metrics = config.metrics.enabled
-    ? createMetrics({ prefix: config.metrics.prefix, version: VERSION, role: worker ? 'worker' : 'process' })
+    ? createMetrics({
+        prefix: config.metrics.prefix,
+        version: VERSION,
+        role: worker ? 'worker' : 'process',
+        filter: config.filter,
+      })
     : undefined;
   if (worker) return runWorker(config, logger, metrics);
   const workers =

@@ -3,12 +3,12 @@
  * gate decides allow_expired), then the user token (expiry, access rules, bind), then allow, reject or delegate.
  */
 
-import type { BindMode } from '../config/auth-options.js';
+import type { BindMode, FilterName } from '../config/auth-options.js';
 import type { InvalidTokenReason, KeystoneUnavailableError } from '../errors.js';
 import type { TokenInfo } from '../keystone/token-info.js';
 import { checkAccessRules } from './access-rules.js';
 import type { HeaderBag } from './extract.js';
-import { extractTokens } from './extract.js';
+import { extractFor } from './extract.js';
 
 /** Where a valid identity came from (for logs and the `cache` outcome). */
 export type TokenSource = 'cache' | 'shared' | 'keystone' | 'stale';
@@ -40,6 +40,8 @@ export type Decision =
   | { readonly action: 'unavailable'; readonly error: KeystoneUnavailableError };
 
 export interface DecisionPolicy {
+  /** oauth2_token never forwards an unconfirmed request; delay_auth_decision only turns its 503 into 401. */
+  readonly filter: FilterName;
   readonly delayAuthDecision: boolean;
   readonly serviceTokenRoles: readonly string[];
   readonly serviceTokenRolesRequired: boolean;
@@ -83,8 +85,9 @@ export async function decide(
   check: CheckToken,
   onServiceRoleBypass?: () => void,
 ): Promise<Decision> {
-  const tokens = extractTokens(request.headers);
+  const tokens = extractFor(policy.filter, request.headers);
   const delay = policy.delayAuthDecision;
+  const forwardUnconfirmed = forwardsUnconfirmed(policy);
   let service: TokenVerdict | undefined;
   let allowExpired = false;
 
@@ -129,7 +132,7 @@ export async function decide(
   }
 
   const confirmed = user.status === 'Confirmed' && (service === undefined || service.status === 'Confirmed');
-  if (!confirmed && !delay) {
+  if (!confirmed && !forwardUnconfirmed) {
     return {
       action: 'reject',
       reason: user.status === 'Invalid' ? (user.reason ?? 'missing') : 'service_token_invalid',
@@ -147,15 +150,20 @@ export function decideCachedUser(
   policy: DecisionPolicy,
   lookup: (token: string) => TokenInfo | undefined,
 ): Decision | undefined {
-  const tokens = extractTokens(request.headers);
+  const tokens = extractFor(policy.filter, request.headers);
   if (tokens.service !== undefined || tokens.user === undefined || tokens.user.length === 0) return undefined;
   const info = lookup(tokens.user);
   if (info === undefined) return undefined;
   const user = confirmUser(info, request, policy, false);
-  if (user.status !== 'Confirmed' && !policy.delayAuthDecision) {
+  if (user.status !== 'Confirmed' && !forwardsUnconfirmed(policy)) {
     return { action: 'reject', reason: user.reason ?? 'missing' };
   }
   return { action: 'forward', user, service: undefined };
+}
+
+/** delay_auth_decision lets auth_token forward with X-Identity-Status: Invalid; oauth2_token rejects anyway. */
+function forwardsUnconfirmed(policy: DecisionPolicy): boolean {
+  return policy.delayAuthDecision && policy.filter === 'auth_token';
 }
 
 function confirmUser(

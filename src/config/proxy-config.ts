@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
-import { type AuthOptionsInput, authOptionsSchema } from './auth-options.js';
+import { type AuthOptionsInput, authOptionsSchema, filterSchema } from './auth-options.js';
 
 const numberLike = z.union([
   z.number(),
@@ -78,9 +78,11 @@ export const proxyConfigSchema = z
     admin_listen: listenSchema
       .default({ host: '127.0.0.1', port: 9180 })
       .describe('Where /metrics, /healthz and /readyz are served; never the proxied port.'),
-    keystone_authtoken: authOptionsSchema.describe(
-      'keystonemiddleware [keystone_authtoken] options, verbatim.',
-    ),
+    filter: filterSchema,
+    // `filter` is the file's top-level key, as the paste filter is not a [keystone_authtoken] option.
+    keystone_authtoken: authOptionsSchema
+      .omit({ filter: true })
+      .describe('keystonemiddleware [keystone_authtoken] options, verbatim.'),
     public_routes: z
       .array(
         z
@@ -168,6 +170,11 @@ export const proxyConfigSchema = z
 export type ProxyConfig = z.output<typeof proxyConfigSchema>;
 export type ProxyConfigInput = z.input<typeof proxyConfigSchema>;
 export type { AuthOptionsInput };
+
+/** The engine's options: the `keystone_authtoken` section with the file's top-level `filter`. */
+export function authInputOf(config: ProxyConfig): AuthOptionsInput {
+  return { ...config.keystone_authtoken, filter: config.filter };
+}
 
 type Env = Readonly<Record<string, string | undefined>>;
 

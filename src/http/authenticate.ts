@@ -116,6 +116,7 @@ export function createEngine(
 ): Authenticator {
   const wwwAuthenticateUri = options.wwwAuthenticateUri ?? options.authUrl ?? '';
   const policy: DecisionPolicy = {
+    filter: options.filter,
     delayAuthDecision: options.delayAuthDecision,
     serviceTokenRoles: options.serviceTokenRoles,
     serviceTokenRolesRequired: options.serviceTokenRolesRequired,
@@ -124,6 +125,7 @@ export function createEngine(
   };
   const outcomes = new OutcomeBuilder(
     options.includeServiceCatalog,
+    options.filter === 'auth_token',
     unauthorizedResponse(wwwAuthenticateUri),
   );
   const onServiceRoleBypass = onceWarning(
@@ -194,6 +196,8 @@ function contextOf(user: TokenVerdict, service: TokenVerdict | undefined): AuthC
 /** Decision → outcome. Every outcome is spelled out (no spread): one object shape, no clone per request. */
 class OutcomeBuilder {
   readonly #includeCatalog: boolean;
+  /** X-Identity-Status: auth_token sets it, oauth2_token does not. */
+  readonly #identityStatus: boolean;
   readonly #unauthorized: PreparedResponse;
   /**
    * Bounded, not one per cached identity: the built headers cost about 1.9 KB an identity (190 MB for 100k
@@ -205,8 +209,9 @@ class OutcomeBuilder {
     },
   );
 
-  constructor(includeCatalog: boolean, unauthorized: PreparedResponse) {
+  constructor(includeCatalog: boolean, identityStatus: boolean, unauthorized: PreparedResponse) {
     this.#includeCatalog = includeCatalog;
+    this.#identityStatus = identityStatus;
     this.#unauthorized = unauthorized;
   }
 
@@ -245,6 +250,7 @@ class OutcomeBuilder {
               user: user.info,
               service: service?.info,
               includeServiceCatalog: this.#includeCatalog,
+              identityStatus: this.#identityStatus,
             }),
             context: contextOf(user, service),
           };
@@ -267,6 +273,7 @@ class OutcomeBuilder {
             userStatus: 'Confirmed',
             user: info,
             includeServiceCatalog: this.#includeCatalog,
+            identityStatus: this.#identityStatus,
           }),
         ),
         context: contextOf(user, undefined),

@@ -70,6 +70,8 @@ export interface MetricsOptions {
    * cache size, breaker, memcached, revocation, service token) are left to the primary. Default `process`.
    */
   role?: 'process' | 'worker';
+  /** Reported as `<prefix>_auth_filter_info{filter}`: which keystonemiddleware filter decides. */
+  filter?: string;
 }
 
 // Records keyed by the unions make the compiler reject a union member that is missing here.
@@ -354,6 +356,15 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
     // With workers, /metrics adds the workers up: every worker runs the same build.
     aggregator: 'first',
   }).set({ version: options.version, node_version: process.version }, 1);
+  if (options.filter !== undefined) {
+    new Gauge({
+      name: name('auth_filter_info'),
+      help: 'Always 1; the filter label names the keystonemiddleware filter the proxy acts as (auth_token, oauth2_token).',
+      labelNames: ['filter'] as const,
+      registers,
+      aggregator: 'first',
+    }).set({ filter: options.filter }, 1);
+  }
 
   // Export zero for every series known in advance, so dashboards and rate() see them before the first event.
   for (const result of [...Object.keys(AUTH_RESULTS), 'other']) authDecisions.inc({ result }, 0);

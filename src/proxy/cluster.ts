@@ -8,7 +8,7 @@
 import cluster, { type Worker } from 'node:cluster';
 import { randomBytes } from 'node:crypto';
 import { type ResolvedAuthOptions, resolveAuthOptions } from '../config/auth-options.js';
-import type { ProxyConfig } from '../config/proxy-config.js';
+import { authInputOf, type ProxyConfig } from '../config/proxy-config.js';
 import { type Authenticator, createEngine } from '../http/authenticate.js';
 import { answerMetricsRequests, clusterMetrics } from '../observability/cluster-metrics.js';
 import type { ProxyMetrics } from '../observability/metrics.js';
@@ -76,7 +76,7 @@ export async function runWorker(
   metrics: ProxyMetrics | undefined,
 ): Promise<number> {
   const link = ipcLink(process);
-  const options = resolveAuthOptions(config.keystone_authtoken);
+  const options = resolveAuthOptions(authInputOf(config));
   const state = await WorkerIdentityState.connect({
     link,
     ttlSeconds: options.tokenCacheTimeSeconds,
@@ -134,7 +134,7 @@ export async function startCluster(
 ): Promise<RunningCluster> {
   // Structured clone on the channel: identities cross it as they are (undefined fields kept, no JSON round trip).
   cluster.setupPrimary({ serialization: 'advanced' });
-  const options = resolveAuthOptions(config.keystone_authtoken);
+  const options = resolveAuthOptions(authInputOf(config));
   const hashKey = randomBytes(32);
   const state = assembleHostState(options, { logger, observer: metrics ?? {}, cacheHashKey: hashKey });
   if (metrics !== undefined) trackHostState(metrics, state);

@@ -4,7 +4,7 @@
  * primary serves it, and the graceful drain of all of them.
  */
 import { createServer, type Server, type ServerOptions } from 'node:http';
-import type { ProxyConfig } from '../config/proxy-config.js';
+import { authInputOf, type ProxyConfig } from '../config/proxy-config.js';
 import { type AuthDependencies, type Authenticator, createAuthenticator } from '../http/authenticate.js';
 import { requestPath, sendPrepared } from '../http/node-request.js';
 import { errorResponse } from '../http/responses.js';
@@ -122,7 +122,7 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
 
 /** One process, one engine: its state assembled here, its gauges on this process's metrics. */
 function ownAuthenticator(config: ProxyConfig, deps: ProxyDependencies): Authenticator {
-  const authenticator = createAuthenticator(config.keystone_authtoken, {
+  const authenticator = createAuthenticator(authInputOf(config), {
     ...deps,
     observer: deps.metrics ?? {},
   });

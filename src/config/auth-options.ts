@@ -4,64 +4,21 @@
  * Options we add name their unit. Validated once at creation; every problem is reported at once.
  */
 import { z } from 'zod';
-import { ConfigError, type ConfigIssue } from '../errors.js';
+import { ConfigError } from '../errors.js';
 import type { MemcacheSecurityStrategy } from '../state/memcache-crypt.js';
+import {
+  bool,
+  count,
+  list,
+  numberLike,
+  positiveSeconds,
+  seconds,
+  securityStrategy,
+  text,
+  toIssues,
+  url,
+} from './option-types.js';
 
-const TRUE = new Set(['true', '1', 'yes', 'on']);
-const FALSE = new Set(['false', '0', 'no', 'off']);
-
-/** oslo.config accepts True/false/yes/1 in files; YAML may hand those over as strings. */
-const bool = z.union([
-  z.boolean(),
-  z
-    .string()
-    .refine((s) => TRUE.has(s.toLowerCase()) || FALSE.has(s.toLowerCase()), {
-      message: 'must be true or false',
-    })
-    .transform((s) => TRUE.has(s.toLowerCase())),
-]);
-
-const numberLike = z.union([
-  z.number(),
-  z
-    .string()
-    .trim()
-    .regex(/^-?\d+(\.\d+)?$/, { message: 'must be a number' })
-    .transform(Number),
-]);
-const seconds = numberLike.pipe(z.number().finite());
-const positiveSeconds = seconds.pipe(z.number().positive({ message: 'must be greater than 0 (seconds)' }));
-const count = numberLike.pipe(z.number().int({ message: 'must be a whole number' }).min(0));
-
-/** oslo ListOpt: a comma-separated string, or a YAML list. */
-const list = z.union([
-  z.array(z.string()),
-  z.string().transform((s) =>
-    s
-      .split(',')
-      .map((item) => item.trim())
-      .filter((item) => item.length > 0),
-  ),
-]);
-
-const url = z.string().refine(
-  (s) => {
-    try {
-      const parsed = new URL(s);
-      return parsed.protocol === 'http:' || parsed.protocol === 'https:';
-    } catch {
-      return false;
-    }
-  },
-  { message: 'must be an http(s) URL' },
-);
-const text = z.string().min(1, { message: 'must not be empty' });
-
-const SECURITY_STRATEGIES = new Set(['none', 'mac', 'encrypt']);
-/** The spelling is kept: keystonemiddleware derives its memcached keys from the string as configured. */
-const securityStrategy = z.string().refine((s) => SECURITY_STRATEGIES.has(s.toLowerCase()), {
-  message: 'must be None, MAC or ENCRYPT',
-});
 /** oslo.config refuses to start with TLS or SASL it cannot honour; so do we (memjs here speaks neither). */
 const unsupportedWhenTrue = (feature: string) =>
   bool.refine((value) => !value, { message: `${feature} is not supported by this engine` });
@@ -310,16 +267,6 @@ export interface ResolveContext {
   readonly pathPrefix?: string;
   /** A validator was injected (testing fixture): Keystone credentials are not needed. */
   readonly credentialsOptional?: boolean;
-}
-
-function toIssues(error: z.ZodError, prefix: string): ConfigIssue[] {
-  const join = (parts: readonly PropertyKey[]): string =>
-    [prefix, ...parts.map(String)].filter((part) => part.length > 0).join('.');
-  return error.issues.flatMap((issue) =>
-    issue.code === 'unrecognized_keys'
-      ? issue.keys.map((key) => ({ path: join([...issue.path, key]), message: 'unknown option' }))
-      : [{ path: join(issue.path), message: issue.message }],
-  );
 }
 
 const DEFAULT_MEMCACHED_PORT = 11211;

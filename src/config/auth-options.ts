@@ -4,8 +4,13 @@
  * Options we add name their unit. Validated once at creation; every problem is reported at once.
  */
 import { z } from 'zod';
-import { ConfigError } from '../errors.js';
+import { ConfigError, type ConfigIssue } from '../errors.js';
 import type { MemcacheSecurityStrategy } from '../state/memcache-crypt.js';
+import {
+  EXT_OAUTH2_SECTION,
+  type ResolvedExtOAuth2Options,
+  resolveExtOAuth2Options,
+} from './ext-oauth2-options.js';
 import {
   bool,
   count,
@@ -53,19 +58,21 @@ export const IGNORED_KSM_OPTIONS: readonly string[] = [
  * keystonemiddleware's paste filters this engine can act as. Not a `[keystone_authtoken]` option there (it is the
  * filter's name in the paste pipeline); here an option of the engine, and the sidecar YAML's top-level `filter`.
  */
-export const FILTERS = ['auth_token', 'oauth2_token'] as const;
+export const FILTERS = ['auth_token', 'oauth2_token', 'external_oauth2_token'] as const;
 export type FilterName = (typeof FILTERS)[number];
 
 export const filterSchema = z
   .enum(FILTERS)
   .default('auth_token')
   .describe(
-    "Which keystonemiddleware filter to act as: auth_token (X-Auth-Token, X-Service-Token) or oauth2_token (Keystone's OAuth2 client-credentials tokens, or any Keystone token, from Authorization: Bearer).",
+    "Which keystonemiddleware filter to act as: auth_token (X-Auth-Token, X-Service-Token), oauth2_token (Keystone's OAuth2 client-credentials tokens, or any Keystone token, from Authorization: Bearer) or external_oauth2_token (Bearer tokens of an external OAuth 2.0 authorization server, by RFC 7662 introspection; options in ext_oauth2_auth).",
   );
 
 export const authOptionsSchema = z
   .object({
     filter: filterSchema,
+    // Checked by its own schema (src/config/ext-oauth2-options.ts), and only when the filter is external.
+    ext_oauth2_auth: z.unknown().optional(),
     www_authenticate_uri: url
       .optional()
       .describe(
@@ -250,6 +257,8 @@ export interface ResolvedAuthOptions {
   };
   /** keystonemiddleware options given but not used by this engine. */
   readonly ignored: readonly string[];
+  /** external_oauth2_token's `ext_oauth2_auth` section; undefined for the Keystone filters. */
+  readonly externalOAuth2: ResolvedExtOAuth2Options | undefined;
 }
 
 export interface MemcachedOptions {
@@ -398,14 +407,22 @@ export function resolveAuthOptions(input: unknown, context: ResolveContext = {})
   const parsed = authOptionsSchema.safeParse(input ?? {});
   if (!parsed.success) throw new ConfigError(toIssues(parsed.error, prefix));
   const o = parsed.data;
-  const cross = [...memcacheIssues(o), ...crossFieldIssues(o, context.credentialsOptional === true)];
-  if (cross.length > 0) {
-    throw new ConfigError(
-      cross.map((issue) => ({ ...issue, path: prefix ? `${prefix}.${issue.path}` : issue.path })),
-    );
-  }
+  const external = o.filter === 'external_oauth2_token';
+  // The external filter never talks to Keystone: no service credentials to check.
+  const cross = [
+    ...memcacheIssues(o),
+    ...crossFieldIssues(o, external || context.credentialsOptional === true),
+  ];
+  const issues: ConfigIssue[] = cross.map((issue) => ({
+    ...issue,
+    path: prefix ? `${prefix}.${issue.path}` : issue.path,
+  }));
+  // The section sits beside keystone_authtoken in the sidecar's file: its paths are not under the prefix.
+  const ext = external ? resolveExtOAuth2Options(o.ext_oauth2_auth, EXT_OAUTH2_SECTION) : undefined;
+  if (ext !== undefined) issues.push(...ext.issues);
+  if (issues.length > 0) throw new ConfigError(issues);
   const record = input as Record<string, unknown>;
-  return Object.freeze({
+  const keystone: ResolvedAuthOptions = Object.freeze({
     filter: o.filter,
     wwwAuthenticateUri: o.www_authenticate_uri ?? o.auth_uri,
     authUrl: o.auth_url,
@@ -436,6 +453,43 @@ export function resolveAuthOptions(input: unknown, context: ResolveContext = {})
     httpRequestTimeoutSeconds: o.http_request_timeout_seconds,
     tls: Object.freeze({ cafile: o.cafile, certfile: o.certfile, keyfile: o.keyfile, insecure: o.insecure }),
     ignored: Object.freeze(IGNORED_KSM_OPTIONS.filter((name) => record?.[name] !== undefined)),
+    externalOAuth2: undefined,
+  });
+  return ext?.options === undefined ? keystone : externalEngineOptions(keystone, ext.options);
+}
+
+/**
+ * The engine's options for external_oauth2_token: the cache, breaker and HTTP budgets of `ext_oauth2_auth`; what
+ * only Keystone has (service token, catalog, revocation events, bind, delay_auth_decision) off.
+ */
+function externalEngineOptions(
+  base: ResolvedAuthOptions,
+  ext: ResolvedExtOAuth2Options,
+): ResolvedAuthOptions {
+  return Object.freeze({
+    ...base,
+    wwwAuthenticateUri: ext.audience,
+    delayAuthDecision: false,
+    includeServiceCatalog: false,
+    serviceType: undefined,
+    tokenCacheTimeSeconds: ext.tokenCacheTimeSeconds,
+    tokenCacheMaxEntries: ext.tokenCacheMaxEntries,
+    tokenCacheMaxBytes: ext.tokenCacheMaxBytes,
+    circuitBreakerFailureThreshold: ext.circuitBreakerFailureThreshold,
+    circuitBreakerOpenSeconds: ext.circuitBreakerOpenSeconds,
+    retryBudgetPerSecond: ext.retryBudgetPerSecond,
+    staleIfErrorSeconds: ext.staleIfErrorSeconds,
+    memcached: undefined,
+    revocationPollIntervalSeconds: 0,
+    tokenRevalidateSeconds: 0,
+    negativeCacheSeconds: ext.negativeCacheSeconds,
+    enforceTokenBind: 'disabled',
+    httpConnectTimeoutSeconds: ext.httpConnectTimeoutSeconds,
+    httpRequestMaxRetries: ext.httpRequestMaxRetries,
+    httpRequestTimeoutSeconds: ext.httpRequestTimeoutSeconds,
+    tls: ext.tls,
+    ignored: Object.freeze(ext.ignored.map((name) => `${EXT_OAUTH2_SECTION}.${name}`)),
+    externalOAuth2: ext,
   });
 }
 
@@ -449,7 +503,9 @@ export interface OptionDoc {
 export function describeAuthOptions(): OptionDoc[] {
   const defaults = authOptionsSchema.parse({});
   return Object.entries(authOptionsSchema.shape)
-    .filter(([name]) => !IGNORED_KSM_OPTIONS.includes(name) && name !== 'filter')
+    .filter(
+      ([name]) => !IGNORED_KSM_OPTIONS.includes(name) && name !== 'filter' && name !== 'ext_oauth2_auth',
+    )
     .map(([name, schema]) => {
       const value = (defaults as Record<string, unknown>)[name];
       return {

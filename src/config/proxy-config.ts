@@ -8,6 +8,7 @@ import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { type AuthOptionsInput, authOptionsSchema, filterSchema } from './auth-options.js';
+import { extCrossIssues, extOAuth2OptionsSchema } from './ext-oauth2-options.js';
 
 const numberLike = z.union([
   z.number(),
@@ -81,8 +82,16 @@ export const proxyConfigSchema = z
     filter: filterSchema,
     // `filter` is the file's top-level key, as the paste filter is not a [keystone_authtoken] option.
     keystone_authtoken: authOptionsSchema
-      .omit({ filter: true })
-      .describe('keystonemiddleware [keystone_authtoken] options, verbatim.'),
+      .omit({ filter: true, ext_oauth2_auth: true })
+      .optional()
+      .describe(
+        'keystonemiddleware [keystone_authtoken] options, verbatim (not needed for external_oauth2_token).',
+      ),
+    ext_oauth2_auth: extOAuth2OptionsSchema
+      .optional()
+      .describe(
+        "keystonemiddleware's [ext_oauth2_auth] options, verbatim, plus ours: required (and only read) with filter external_oauth2_token.",
+      ),
     public_routes: z
       .array(
         z
@@ -171,9 +180,13 @@ export type ProxyConfig = z.output<typeof proxyConfigSchema>;
 export type ProxyConfigInput = z.input<typeof proxyConfigSchema>;
 export type { AuthOptionsInput };
 
-/** The engine's options: the `keystone_authtoken` section with the file's top-level `filter`. */
+/** The engine's options: the `keystone_authtoken` section with the file's top-level `filter` and `ext_oauth2_auth`. */
 export function authInputOf(config: ProxyConfig): AuthOptionsInput {
-  return { ...config.keystone_authtoken, filter: config.filter };
+  return {
+    ...(config.keystone_authtoken ?? {}),
+    filter: config.filter,
+    ext_oauth2_auth: config.ext_oauth2_auth,
+  };
 }
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -211,8 +224,27 @@ function zodIssues(error: z.ZodError): ConfigIssue[] {
   });
 }
 
+/** The filter's section is required, the other one is not; told even when the rest of the file is broken. */
+function sectionIssues(raw: unknown): ConfigIssue[] {
+  const file = (raw !== null && typeof raw === 'object' ? raw : {}) as Record<string, unknown>;
+  const filter = file.filter ?? 'auth_token';
+  if (filter === 'external_oauth2_token') {
+    return file.ext_oauth2_auth === undefined
+      ? [{ path: 'ext_oauth2_auth', message: 'is required when filter is external_oauth2_token' }]
+      : [];
+  }
+  return file.keystone_authtoken === undefined
+    ? [{ path: 'keystone_authtoken', message: `is required with filter ${String(filter)}` }]
+    : [];
+}
+
 function crossIssues(config: ProxyConfig): ConfigIssue[] {
   const issues: ConfigIssue[] = [];
+  if (config.filter === 'external_oauth2_token' && config.ext_oauth2_auth !== undefined) {
+    for (const issue of extCrossIssues(config.ext_oauth2_auth)) {
+      issues.push({ path: `ext_oauth2_auth.${issue.path}`, message: issue.message });
+    }
+  }
   if ((config.listen === undefined) !== (config.upstream === undefined)) {
     issues.push({
       path: config.listen === undefined ? 'listen' : 'upstream',
@@ -248,6 +280,7 @@ export function resolveProxyConfig(
   const issues: ConfigIssue[] = [];
   const substituted = substituteEnv(raw ?? {}, env, issues);
   const parsed = proxyConfigSchema.safeParse(substituted);
+  issues.push(...sectionIssues(substituted));
   if (!parsed.success) issues.push(...zodIssues(parsed.error));
   else issues.push(...crossIssues(parsed.data));
   if (issues.length > 0 || !parsed.success) throw new ConfigError(issues, `invalid ${source}`);

@@ -146,7 +146,7 @@ describe('properties', () => {
       fc.property(
         // Names other than the fixed containers of this shape.
         fc.uniqueArray(
-          name.filter((key) => !['nest', 'p', 'roles'].includes(key)),
+          name.filter((key) => !['nest', 'p', 'd', 'roles'].includes(key)),
           { minLength: 6, maxLength: 6 },
         ),
         fc.array(value, { minLength: 6, maxLength: 6 }),

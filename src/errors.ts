@@ -57,6 +57,10 @@ export type InvalidTokenReason =
   | 'expired'
   | 'revoked'
   | 'malformed_body'
+  /** external_oauth2_token: the token is active but its claims do not give the identity (403). */
+  | 'claims_unmapped'
+  /** external_oauth2_token with thumbprint_verify: no client certificate, or not the one the token is bound to. */
+  | 'certificate_mismatch'
   | 'access_rule_denied'
   | 'bind_rejected'
   | 'service_token_invalid'

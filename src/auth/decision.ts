@@ -7,6 +7,7 @@ import type { BindMode, FilterName } from '../config/auth-options.js';
 import type { InvalidTokenReason, KeystoneUnavailableError } from '../errors.js';
 import type { TokenInfo } from '../keystone/token-info.js';
 import { checkAccessRules } from './access-rules.js';
+import { type CertificatePeer, certificateThumbprint } from './certificate.js';
 import type { HeaderBag } from './extract.js';
 import { extractFor } from './extract.js';
 
@@ -47,13 +48,20 @@ export interface DecisionPolicy {
   readonly serviceTokenRolesRequired: boolean;
   readonly serviceType: string | undefined;
   readonly enforceTokenBind: BindMode;
+  /** external_oauth2_token's thumbprint_verify: the token's `cnf` must name the client certificate (RFC 8705). */
+  readonly thumbprintVerify?: boolean;
 }
+
+/** The binding of a certificate-bound token (its `cnf`), as the external filter's claims mapping records it. */
+export const CERTIFICATE_BINDING = 'x5t#S256';
 
 export interface RequestFacts {
   readonly method: string;
   /** Path without the query string. */
   readonly path: string;
   readonly headers: HeaderBag;
+  /** The connection the request came on (a TLS socket has the client certificate); read by thumbprint_verify only. */
+  readonly peer?: CertificatePeer | undefined;
 }
 
 export type CheckToken = (token: string, allowExpired: boolean) => Promise<TokenCheck>;
@@ -183,6 +191,13 @@ function confirmUser(
   // keystonemiddleware skips the user token's bind check when a service token vouches for the request.
   if (!hasServiceToken && !bindAllows(info.bind, policy.enforceTokenBind)) {
     return { status: 'Invalid', reason: 'bind_rejected' };
+  }
+  // Per request, not per token: the same token may come on another connection, with another certificate.
+  if (policy.thumbprintVerify === true) {
+    const bound = info.bind?.[CERTIFICATE_BINDING];
+    if (bound === undefined || bound !== certificateThumbprint(request.peer)) {
+      return { status: 'Invalid', reason: 'certificate_mismatch' };
+    }
   }
   return { status: 'Confirmed', info };
 }

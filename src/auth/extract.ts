@@ -47,6 +47,7 @@ export function extractBearer(headers: HeaderBag): ExtractedTokens {
   return bearer.length === 0 ? NO_TOKENS : { user: bearer, service: undefined };
 }
 
+/** Both OAuth2 filters (Keystone's and the external one) read `Authorization: Bearer` the same way. */
 export function extractFor(filter: FilterName, headers: HeaderBag): ExtractedTokens {
-  return filter === 'oauth2_token' ? extractBearer(headers) : extractTokens(headers);
+  return filter === 'auth_token' ? extractTokens(headers) : extractBearer(headers);
 }

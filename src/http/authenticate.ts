@@ -28,6 +28,8 @@ import { HostIdentityState } from '../state/host-state.js';
 import type { IdentityState } from '../state/identity-state.js';
 import type { RevocationPoller } from '../state/revocation-poller.js';
 import {
+  externalResponses,
+  externalUnavailableResponse,
   type PreparedResponse,
   unauthorizedResponse,
   unavailableResponse,
@@ -115,6 +117,7 @@ export function createEngine(
   logger: Logger = silentLogger,
 ): Authenticator {
   const wwwAuthenticateUri = options.wwwAuthenticateUri ?? options.authUrl ?? '';
+  const ext = options.externalOAuth2;
   const policy: DecisionPolicy = {
     filter: options.filter,
     delayAuthDecision: options.delayAuthDecision,
@@ -122,12 +125,16 @@ export function createEngine(
     serviceTokenRolesRequired: options.serviceTokenRolesRequired,
     serviceType: options.serviceType,
     enforceTokenBind: options.enforceTokenBind,
+    thumbprintVerify: ext?.thumbprintVerify === true,
   };
-  const outcomes = new OutcomeBuilder(
-    options.includeServiceCatalog,
-    options.filter === 'auth_token',
-    unauthorizedResponse(wwwAuthenticateUri),
-  );
+  const answers = answersFor(options, wwwAuthenticateUri);
+  const outcomes = new OutcomeBuilder({
+    includeCatalog: options.includeServiceCatalog,
+    // X-Identity-Status: auth_token and external_oauth2_token set it, oauth2_token does not.
+    identityStatus: options.filter !== 'oauth2_token',
+    flavor: ext === undefined ? 'keystone' : 'external',
+    answers,
+  });
   const onServiceRoleBypass = onceWarning(
     logger,
     { roles: options.serviceTokenRoles },
@@ -152,7 +159,7 @@ export function createEngine(
 
   return {
     options,
-    wwwAuthenticate: wwwAuthenticateValue(wwwAuthenticateUri),
+    wwwAuthenticate: answers.challenge,
     state,
     revocation: state instanceof HostIdentityState ? state.revocation : undefined,
     authenticate(request) {
@@ -170,6 +177,35 @@ export function createEngine(
     ready: () => state.ready(),
     warmUp: () => state.warmUp(),
     close: () => state.close(),
+  };
+}
+
+/** The filter's own answers: keystonemiddleware's auth_token ones, or external_oauth2_token's. */
+interface FilterAnswers {
+  readonly unauthorized: (reason: InvalidTokenReason) => PreparedResponse;
+  readonly forbidden: PreparedResponse;
+  readonly unavailable: (retryAfterSeconds: number | undefined) => PreparedResponse;
+  readonly challenge: string;
+}
+
+function answersFor(options: ResolvedAuthOptions, wwwAuthenticateUri: string): FilterAnswers {
+  const ext = options.externalOAuth2;
+  if (ext === undefined) {
+    const unauthorized = unauthorizedResponse(wwwAuthenticateUri);
+    return {
+      unauthorized: () => unauthorized,
+      // Not reached: only the external filter maps claims.
+      forbidden: unauthorized,
+      unavailable: unavailableResponse,
+      challenge: wwwAuthenticateValue(wwwAuthenticateUri),
+    };
+  }
+  const responses = externalResponses(ext.audience, ext.challenge);
+  return {
+    unauthorized: (reason) => (reason === 'missing' ? responses.missing : responses.invalid),
+    forbidden: responses.forbidden,
+    unavailable: externalUnavailableResponse,
+    challenge: responses.challenge,
   };
 }
 
@@ -194,11 +230,19 @@ function contextOf(user: TokenVerdict, service: TokenVerdict | undefined): AuthC
 }
 
 /** Decision → outcome. Every outcome is spelled out (no spread): one object shape, no clone per request. */
+interface OutcomeOptions {
+  readonly includeCatalog: boolean;
+  readonly identityStatus: boolean;
+  readonly flavor: 'keystone' | 'external';
+  readonly answers: FilterAnswers;
+}
+
 class OutcomeBuilder {
   readonly #includeCatalog: boolean;
-  /** X-Identity-Status: auth_token sets it, oauth2_token does not. */
+  /** X-Identity-Status: auth_token and external_oauth2_token set it, oauth2_token does not. */
   readonly #identityStatus: boolean;
-  readonly #unauthorized: PreparedResponse;
+  readonly #flavor: 'keystone' | 'external';
+  readonly #answers: FilterAnswers;
   /**
    * Bounded, not one per cached identity: the built headers cost about 1.9 KB an identity (190 MB for 100k
    * cached tokens), while the gain (under 5 % of a cached request) only matters for identities in use.
@@ -209,10 +253,11 @@ class OutcomeBuilder {
     },
   );
 
-  constructor(includeCatalog: boolean, identityStatus: boolean, unauthorized: PreparedResponse) {
-    this.#includeCatalog = includeCatalog;
-    this.#identityStatus = identityStatus;
-    this.#unauthorized = unauthorized;
+  constructor(options: OutcomeOptions) {
+    this.#includeCatalog = options.includeCatalog;
+    this.#identityStatus = options.identityStatus;
+    this.#flavor = options.flavor;
+    this.#answers = options.answers;
   }
 
   of(decision: Decision, facts: OutcomeFacts): AuthOutcome {
@@ -222,7 +267,10 @@ class OutcomeBuilder {
           cache: facts.cache,
           authSeconds: facts.authSeconds,
           action: 'respond',
-          response: this.#unauthorized,
+          response:
+            decision.reason === 'claims_unmapped'
+              ? this.#answers.forbidden
+              : this.#answers.unauthorized(decision.reason),
           reason: decision.reason,
         };
       case 'unavailable':
@@ -230,7 +278,7 @@ class OutcomeBuilder {
           cache: facts.cache,
           authSeconds: facts.authSeconds,
           action: 'respond',
-          response: unavailableResponse(decision.error.retryAfterSeconds),
+          response: this.#answers.unavailable(decision.error.retryAfterSeconds),
           reason: 'keystone_unavailable',
           error: decision.error,
         };
@@ -251,6 +299,7 @@ class OutcomeBuilder {
               service: service?.info,
               includeServiceCatalog: this.#includeCatalog,
               identityStatus: this.#identityStatus,
+              flavor: this.#flavor,
             }),
             context: contextOf(user, service),
           };
@@ -274,6 +323,7 @@ class OutcomeBuilder {
             user: info,
             includeServiceCatalog: this.#includeCatalog,
             identityStatus: this.#identityStatus,
+            flavor: this.#flavor,
           }),
         ),
         context: contextOf(user, undefined),

@@ -3,6 +3,7 @@
  * the proxy, so all of them strip, inject and answer the same way.
  */
 import { type IncomingMessage, type OutgoingHttpHeaders, ServerResponse } from 'node:http';
+import type { CertificatePeer } from '../auth/certificate.js';
 import type { RequestFacts } from '../auth/decision.js';
 import {
   type HeaderPair,
@@ -47,7 +48,8 @@ export function stripRequestIdentity(req: IncomingMessage): void {
 }
 
 export function requestFacts(req: IncomingMessage, path = requestPath(req.url)): RequestFacts {
-  return { method: req.method ?? 'GET', path, headers: req.headers };
+  // A TLS socket is a CertificatePeer; a plain one has none of its members (and gives no certificate).
+  return { method: req.method ?? 'GET', path, headers: req.headers, peer: req.socket as CertificatePeer };
 }
 
 const lowerNames = new Map<string, string>();

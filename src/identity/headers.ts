@@ -124,6 +124,11 @@ export interface IdentityHeaderInput {
   readonly includeServiceCatalog: boolean;
   /** false: no X-Identity-Status (keystonemiddleware's oauth2_token never sets it). Default true. */
   readonly identityStatus?: boolean;
+  /**
+   * external: keystonemiddleware's external_oauth2_token spellings: X-Tenant is the project *id*,
+   * X-Is-Admin-Project is `true` for a token with the admin role and absent otherwise. Default keystone.
+   */
+  readonly flavor?: 'keystone' | 'external';
 }
 
 function scopeHeaders(out: HeaderPair[], info: TokenInfo, prefix: string): void {
@@ -143,12 +148,15 @@ export function identityHeaders(input: IdentityHeaderInput): HeaderPair[] {
   if (input.serviceStatus !== undefined) out.push([SERVICE_STATUS, input.serviceStatus]);
   const { user, service } = input;
   if (input.userStatus === 'Confirmed' && user !== undefined) {
+    const external = input.flavor === 'external';
     scopeHeaders(out, user, '');
-    out.push([ADMIN_PROJECT, user.isAdminProject ? 'True' : 'False']);
+    if (!external) out.push([ADMIN_PROJECT, user.isAdminProject ? 'True' : 'False']);
+    else if (user.isAdminProject) out.push([ADMIN_PROJECT, 'true']);
     // Deliberate difference: keystonemiddleware writes this for the service token last, so a system-scoped
     // service token would mark a project-scoped user as system-scoped. Here it describes the user only.
     if (user.systemAll) out.push([SYSTEM_SCOPE, 'all']);
-    for (const [alias, source] of LEGACY) {
+    for (const [alias, keystoneSource] of LEGACY) {
+      const source = external && alias === 'X-Tenant' ? 'X-Project-Id' : keystoneSource;
       const found = out.find(([name]) => name === source);
       if (found !== undefined) out.push([alias, found[1]]);
     }

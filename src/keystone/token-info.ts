@@ -53,9 +53,13 @@ export interface TokenInfo {
 }
 
 export class MalformedTokenBodyError extends Error {
-  constructor(message: string) {
+  /** claims_unmapped: an external authorization server's claims lack the identity (403 there, not 401). */
+  readonly reason: 'malformed_body' | 'claims_unmapped';
+
+  constructor(message: string, reason: 'malformed_body' | 'claims_unmapped' = 'malformed_body') {
     super(message);
     this.name = 'MalformedTokenBodyError';
+    this.reason = reason;
   }
 }
 

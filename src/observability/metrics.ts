@@ -80,6 +80,8 @@ const KEYSTONE_OPERATIONS: Record<KeystoneOperation, true> = {
   auth: true,
   validate: true,
   revocation_events: true,
+  introspect: true,
+  jwks: true,
 };
 const KEYSTONE_OUTCOMES: Record<KeystoneOutcome, true> = {
   ok: true,
@@ -138,6 +140,8 @@ const INVALID_TOKEN_REASONS: Record<InvalidTokenReason, true> = {
   expired: true,
   revoked: true,
   malformed_body: true,
+  claims_unmapped: true,
+  certificate_mismatch: true,
   access_rule_denied: true,
   bind_rejected: true,
   service_token_invalid: true,

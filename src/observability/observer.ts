@@ -3,7 +3,14 @@
  * prom-client or pino; the sidecar wires these to its metrics and logger, embedders may pass their own.
  */
 
-export type KeystoneOperation = 'discovery' | 'auth' | 'validate' | 'revocation_events';
+/** `introspect` and `jwks`: the external_oauth2_token filter's calls to its authorization server. */
+export type KeystoneOperation =
+  | 'discovery'
+  | 'auth'
+  | 'validate'
+  | 'revocation_events'
+  | 'introspect'
+  | 'jwks';
 /** Bounded: usable as a metric label. */
 export type KeystoneOutcome =
   | 'ok'

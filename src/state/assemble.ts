@@ -7,6 +7,7 @@ import { Agent, type Dispatcher } from 'undici';
 import type { ResolvedAuthOptions } from '../config/auth-options.js';
 import { KeystoneClient, type TokenValidator } from '../keystone/client.js';
 import type { ServiceCredentials } from '../keystone/service-token.js';
+import { IntrospectionClient } from '../oauth2/introspection-client.js';
 import { type AuthObserver, type Logger, silentLogger } from '../observability/observer.js';
 import { USER_AGENT } from '../version.js';
 import { HostIdentityState, StateChanges } from './host-state.js';
@@ -42,7 +43,7 @@ export function assembleHostState(
   const now = deps.now ?? Date.now;
   warnAboutOptions(options, logger);
 
-  const validator = deps.validator ?? keystoneClientFor(options, deps.dispatcher, now, logger, observer);
+  const validator = deps.validator ?? validatorFor(options, deps.dispatcher, now, logger, observer);
   const cache = new TokenCache({
     ttlSeconds: options.tokenCacheTimeSeconds,
     maxEntries: options.tokenCacheMaxEntries,
@@ -86,6 +87,12 @@ export function assembleHostState(
 
 /** Said once per host at start-up (a cluster's workers stay quiet: the primary assembled the state). */
 function warnAboutOptions(options: ResolvedAuthOptions, logger: Logger): void {
+  if (options.externalOAuth2 !== undefined) {
+    if (options.ignored.length > 0) {
+      logger.warn({ options: options.ignored }, 'keystonemiddleware options ignored by this engine');
+    }
+    return;
+  }
   if (options.wwwAuthenticateUri === undefined) {
     logger.warn(
       { fallback: options.authUrl ?? '' },
@@ -101,6 +108,26 @@ function warnAboutOptions(options: ResolvedAuthOptions, logger: Logger): void {
   if (options.ignored.length > 0) {
     logger.warn({ options: options.ignored }, 'keystonemiddleware options ignored by this engine');
   }
+}
+
+/** Keystone for the Keystone filters; the external authorization server for external_oauth2_token. */
+function validatorFor(
+  options: ResolvedAuthOptions,
+  dispatcher: Dispatcher | undefined,
+  now: () => number,
+  logger: Logger,
+  observer: AuthObserver,
+): TokenValidator {
+  const ext = options.externalOAuth2;
+  if (ext === undefined) return keystoneClientFor(options, dispatcher, now, logger, observer);
+  return new IntrospectionClient({
+    ext,
+    dispatcher: dispatcher ?? defaultDispatcher(options),
+    userAgent: USER_AGENT,
+    now,
+    logger,
+    observer,
+  });
 }
 
 function keystoneClientFor(

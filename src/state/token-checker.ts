@@ -167,7 +167,7 @@ export class TokenChecker {
     } catch (error) {
       if (error instanceof MalformedTokenBodyError) {
         logger.warn({ tokenHash: fingerprint, problem: error.message }, 'invalid token contents');
-        return { status: 'invalid', reason: 'malformed_body' };
+        return { status: 'invalid', reason: error.reason };
       }
       const unavailable =
         error instanceof KeystoneUnavailableError

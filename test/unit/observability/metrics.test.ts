@@ -182,7 +182,7 @@ describe('createMetrics', () => {
   it('exports zero for every series known in advance, before any event', async () => {
     const all = await samples(metrics().scrape());
     const zero = (key: string) => expect(all.get(key), key).toBe(0);
-    for (const operation of ['discovery', 'auth', 'validate']) {
+    for (const operation of ['discovery', 'auth', 'validate', 'introspect', 'jwks']) {
       for (const outcome of ['ok', 'invalid', 'unauthorized', 'forbidden', 'http_error', 'timeout']) {
         zero(`${P}_keystone_requests_total{operation="${operation}",outcome="${outcome}"}`);
       }
@@ -204,6 +204,8 @@ describe('createMetrics', () => {
       'expired',
       'revoked',
       'malformed_body',
+      'claims_unmapped',
+      'certificate_mismatch',
       'access_rule_denied',
       'bind_rejected',
     ];

@@ -47,7 +47,7 @@ describe('config/*.yaml', () => {
     if (expected === undefined) return;
     expect(config.listen?.port).toBe(expected.port);
     expect(config.upstream?.url).toBe(expected.upstream);
-    expect(config.keystone_authtoken.service_type).toBe(expected.serviceType);
+    expect(config.keystone_authtoken?.service_type).toBe(expected.serviceType);
   });
 
   it('keeps the service password out of the default file', () => {

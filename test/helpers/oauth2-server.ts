@@ -152,6 +152,13 @@ export async function startOAuth2Server(): Promise<OAuth2Server> {
       }),
     ],
     jwks: { keys: [providerKey] },
+    clientAuthMethods: [
+      'client_secret_basic',
+      'client_secret_post',
+      'client_secret_jwt',
+      'private_key_jwt',
+      'tls_client_auth',
+    ],
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },

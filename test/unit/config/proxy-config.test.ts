@@ -32,7 +32,7 @@ function issues(raw: unknown, env: Record<string, string> = { NOVA_SERVICE_PASSW
 describe('proxy configuration', () => {
   it('accepts the minimal sidecar config of the issue and fills the defaults', () => {
     const config = resolveProxyConfig(minimal, { NOVA_SERVICE_PASSWORD: 's3cret' });
-    expect(config.keystone_authtoken.password).toBe('s3cret');
+    expect(config.keystone_authtoken?.password).toBe('s3cret');
     expect(config.upstream).toMatchObject({ connect_timeout_seconds: 5, response_timeout_seconds: 120 });
     expect(config.log).toEqual({ level: 'info', format: 'json' });
     expect(config.metrics).toEqual({ enabled: true, prefix: 'keystone_auth_proxy' });

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXT_FORBIDDEN_BODY, EXT_UNAUTHORIZED_BODY, EXT_UNAVAILABLE_BODY } from '../../src/http/responses.js';
 import { type CliRun, cliBuilt, runCli, scrapeMetric, startCli, writeConfig } from '../helpers/cli.js';
 import { listen, type Running } from '../helpers/http.js';
-import { opensslAvailable } from '../helpers/oauth2-pki.js';
+import { skipWithoutOpenssl } from '../helpers/oauth2-pki.js';
 import { type OAuth2Server, SECRETS, startOAuth2Server } from '../helpers/oauth2-server.js';
 import { createUpstream } from '../helpers/upstream.js';
 
@@ -75,7 +75,7 @@ ${extra}`;
 }
 const ENV = { TEST_CLIENT_SECRET: SECRETS.basic };
 
-describe.skipIf(!cliBuilt() || !opensslAvailable())(
+describe.skipIf(!cliBuilt() || skipWithoutOpenssl())(
   'filter: external_oauth2_token (real CLI, workers: 2)',
   () => {
     let as: OAuth2Server;

@@ -24,6 +24,18 @@ export function opensslAvailable(): boolean {
   }
 }
 
+/**
+ * For `describe.skipIf`: skip without openssl on a developer machine, but fail in CI (CI=true, as `.ci/run`
+ * sets it, or CONFORMANCE_REQUIRED=1), where `.ci/run` installs it: a missing prerequisite must not pass.
+ */
+export function skipWithoutOpenssl(): boolean {
+  if (opensslAvailable()) return false;
+  if (process.env.CI === 'true' || process.env.CONFORMANCE_REQUIRED === '1') {
+    throw new Error('openssl is needed by the OAuth2 tests (test/helpers/oauth2-pki.ts) and is not installed');
+  }
+  return true;
+}
+
 const openssl = (args: string[]): void => {
   execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'] });
 };

@@ -11,7 +11,7 @@ import { type AuthMethod, resolveExtOAuth2Options } from '../../src/config/ext-o
 import { KeystoneUnavailableError } from '../../src/errors.js';
 import { parseTokenBody } from '../../src/keystone/token-info.js';
 import { IntrospectionClient } from '../../src/oauth2/introspection-client.js';
-import { opensslAvailable } from '../helpers/oauth2-pki.js';
+import { skipWithoutOpenssl } from '../helpers/oauth2-pki.js';
 import { API_RESOURCE, type OAuth2Server, SECRETS, startOAuth2Server } from '../helpers/oauth2-server.js';
 
 const MAPPING = {
@@ -32,7 +32,7 @@ const ALICE = {
   roles: 'member,reader',
 };
 
-describe.skipIf(!opensslAvailable())('IntrospectionClient against oidc-provider', () => {
+describe.skipIf(skipWithoutOpenssl())('IntrospectionClient against oidc-provider', () => {
   let as: OAuth2Server;
   const clients: IntrospectionClient[] = [];
 

@@ -123,6 +123,36 @@ const info = (overrides: Parameters<typeof fixtureTokenBody>[0]) =>
   parseTokenBody(fixtureTokenBody(overrides), { renderCatalog: true });
 
 describe('identity headers to set', () => {
+  it("external flavor: X-Tenant is the project id, X-Is-Admin-Project only 'true' for admin, no catalog", () => {
+    const base = { userId: 'u1', userName: 'alice', projectId: 'p1', projectName: 'demo', roles: ['member'] };
+    const member = Object.fromEntries(
+      identityHeaders({
+        userStatus: 'Confirmed',
+        // The claims mapping writes is_admin_project (true only with the admin role); Keystone's default is true.
+        user: info({ ...base, isAdminProject: false }),
+        includeServiceCatalog: false,
+        flavor: 'external',
+      }),
+    );
+    expect(member['X-Tenant']).toBe('p1');
+    expect(member['X-Tenant-Name']).toBe('demo');
+    expect(member['X-Is-Admin-Project']).toBeUndefined();
+    expect(member['X-Identity-Status']).toBe('Confirmed');
+    const admin = parseTokenBody(
+      { token: { ...fixtureTokenBody({ ...base, roles: ['admin'] }).token, is_admin_project: true } },
+      { renderCatalog: false },
+    );
+    const headers = Object.fromEntries(
+      identityHeaders({
+        userStatus: 'Confirmed',
+        user: admin,
+        includeServiceCatalog: false,
+        flavor: 'external',
+      }),
+    );
+    expect(headers['X-Is-Admin-Project']).toBe('true');
+  });
+
   it('project token: keystonemiddleware names, formats and legacy aliases', () => {
     const user = info({
       userId: 'u1',

@@ -38,6 +38,9 @@ export const IGNORED_EXT_OPTIONS: readonly string[] = [
   'auth_section',
 ];
 
+const IGNORED_MEMCACHE =
+  "keystonemiddleware's memcached option: accepted, ignored (warned); this filter's cache is in-process, one per host.";
+
 /** A claim path: keys joined by dots (`project.domain.id`); no empty segment. */
 const claimPath = z
   .string()
@@ -174,17 +177,23 @@ export const extOAuth2OptionsSchema = z
       .default(64 * 1024 * 1024)
       .describe('Most bytes (estimated) the token cache may hold.'),
     // Accepted for keystonemiddleware's files; the values are checked as there, then ignored.
-    memcached_servers: list.optional(),
-    memcache_security_strategy: securityStrategy.optional(),
-    memcache_secret_key: z.string().optional(),
-    memcache_pool_dead_retry: seconds.optional(),
-    memcache_pool_maxsize: count.optional(),
-    memcache_pool_socket_timeout: seconds.optional(),
-    memcache_pool_unused_timeout: seconds.optional(),
-    memcache_pool_conn_get_timeout: seconds.optional(),
-    memcache_use_advanced_pool: bool.optional(),
-    auth_type: z.string().optional(),
-    auth_section: z.string().optional(),
+    memcached_servers: list.optional().describe(IGNORED_MEMCACHE),
+    memcache_security_strategy: securityStrategy.optional().describe(IGNORED_MEMCACHE),
+    memcache_secret_key: z.string().optional().describe(IGNORED_MEMCACHE),
+    memcache_pool_dead_retry: seconds.optional().describe(IGNORED_MEMCACHE),
+    memcache_pool_maxsize: count.optional().describe(IGNORED_MEMCACHE),
+    memcache_pool_socket_timeout: seconds.optional().describe(IGNORED_MEMCACHE),
+    memcache_pool_unused_timeout: seconds.optional().describe(IGNORED_MEMCACHE),
+    memcache_pool_conn_get_timeout: seconds.optional().describe(IGNORED_MEMCACHE),
+    memcache_use_advanced_pool: bool.optional().describe(IGNORED_MEMCACHE),
+    auth_type: z
+      .string()
+      .optional()
+      .describe("keystoneauth's, registered in the group by keystonemiddleware: ignored (warned)."),
+    auth_section: z
+      .string()
+      .optional()
+      .describe("keystoneauth's, registered in the group by keystonemiddleware: ignored (warned)."),
   })
   .strict();
 

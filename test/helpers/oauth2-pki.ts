@@ -31,7 +31,9 @@ export function opensslAvailable(): boolean {
 export function skipWithoutOpenssl(): boolean {
   if (opensslAvailable()) return false;
   if (process.env.CI === 'true' || process.env.CONFORMANCE_REQUIRED === '1') {
-    throw new Error('openssl is needed by the OAuth2 tests (test/helpers/oauth2-pki.ts) and is not installed');
+    throw new Error(
+      'openssl is needed by the OAuth2 tests (test/helpers/oauth2-pki.ts) and is not installed',
+    );
   }
   return true;
 }

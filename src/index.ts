@@ -1,8 +1,24 @@
 export type { AccessRuleVerdict } from './auth/access-rules.js';
 export { accessRulePathMatches, checkAccessRules } from './auth/access-rules.js';
 export type { Decision, DecisionPolicy, RequestFacts } from './auth/decision.js';
-export type { AuthOptionsInput, BindMode, OptionDoc, ResolvedAuthOptions } from './config/auth-options.js';
-export { describeAuthOptions, IGNORED_KSM_OPTIONS, resolveAuthOptions } from './config/auth-options.js';
+export type {
+  AuthOptionsInput,
+  BindMode,
+  FilterName,
+  OptionDoc,
+  ResolvedAuthOptions,
+} from './config/auth-options.js';
+export {
+  describeAuthOptions,
+  FILTERS,
+  IGNORED_KSM_OPTIONS,
+  resolveAuthOptions,
+} from './config/auth-options.js';
+export type {
+  AuthMethod,
+  ExtOAuth2OptionsInput,
+  ResolvedExtOAuth2Options,
+} from './config/ext-oauth2-options.js';
 export type {
   AnyKsAuthError,
   ConfigIssue,
@@ -22,7 +38,13 @@ export { createAuthenticator } from './http/authenticate.js';
 export type { AuthTokenHandler, NextFunction } from './http/handler.js';
 export { AUTH_CONTEXT, createAuthTokenHandler, getAuthContext } from './http/handler.js';
 export type { PreparedResponse } from './http/responses.js';
-export { UNAUTHORIZED_BODY, UNAVAILABLE_BODY } from './http/responses.js';
+export {
+  EXT_FORBIDDEN_BODY,
+  EXT_UNAUTHORIZED_BODY,
+  EXT_UNAVAILABLE_BODY,
+  UNAUTHORIZED_BODY,
+  UNAVAILABLE_BODY,
+} from './http/responses.js';
 export type { HeaderPair } from './identity/headers.js';
 export {
   IDENTITY_HEADERS,

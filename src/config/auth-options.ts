@@ -8,6 +8,7 @@ import { ConfigError, type ConfigIssue } from '../errors.js';
 import type { MemcacheSecurityStrategy } from '../state/memcache-crypt.js';
 import {
   EXT_OAUTH2_SECTION,
+  type ExtOAuth2OptionsInput,
   type ResolvedExtOAuth2Options,
   resolveExtOAuth2Options,
 } from './ext-oauth2-options.js';
@@ -71,8 +72,9 @@ export const filterSchema = z
 export const authOptionsSchema = z
   .object({
     filter: filterSchema,
-    // Checked by its own schema (src/config/ext-oauth2-options.ts), and only when the filter is external.
-    ext_oauth2_auth: z.unknown().optional(),
+    // Checked by its own schema (src/config/ext-oauth2-options.ts), and only when the filter is external; typed
+    // here for embedders.
+    ext_oauth2_auth: z.custom<ExtOAuth2OptionsInput>(() => true).optional(),
     www_authenticate_uri: url
       .optional()
       .describe(

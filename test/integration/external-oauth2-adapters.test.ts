@@ -33,7 +33,7 @@ function extOptions(as: OAuth2Server, extra: Record<string, unknown> = {}) {
     ext_oauth2_auth: {
       introspect_endpoint: as.introspectionEndpoint,
       audience: as.tokenEndpoint,
-      auth_method: 'client_secret_post',
+      auth_method: 'client_secret_post' as const,
       client_id: 'proxy-client_secret_post',
       client_secret: SECRETS.post,
       mapping_user_domain_id: 'user_domain.id',

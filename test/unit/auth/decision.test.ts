@@ -1,3 +1,4 @@
+import { createHash, type X509Certificate } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
 import type { TokenCheck } from '../../../src/auth/decision.js';
@@ -381,5 +382,59 @@ describe('decide: oauth2_token (keystonemiddleware 10.1 OAuth2Protocol)', () => 
       action: 'reject',
       reason: 'keystone_unavailable',
     });
+  });
+});
+
+describe('decide: external_oauth2_token with thumbprint_verify', () => {
+  // Any DER-shaped certificate will do for the hash: a peer is only read through getPeerX509Certificate.
+  const peerWith = (raw: Buffer | undefined, authorized = true) => ({
+    encrypted: true,
+    authorized,
+    getPeerX509Certificate: () => (raw === undefined ? undefined : ({ raw } as unknown as X509Certificate)),
+  });
+  const der = Buffer.from('certificate-a');
+  const thumb = createHash('sha256').update(der).digest('base64url');
+  const BOUND = info({ userId: 'app', bind: { 'x5t#S256': thumb } });
+  const ext: DecisionPolicy = {
+    ...policy,
+    filter: 'external_oauth2_token',
+    enforceTokenBind: 'disabled',
+    thumbprintVerify: true,
+  };
+  const bearer = { authorization: 'Bearer t' };
+
+  it.each([
+    ['its certificate', peerWith(der), 'forward'],
+    ['another certificate', peerWith(Buffer.from('certificate-b')), 'reject'],
+    ['a certificate the TLS layer did not verify', peerWith(der, false), 'reject'],
+    ['no certificate', peerWith(undefined), 'reject'],
+    ['a plain connection', {}, 'reject'],
+  ])('a bound token on a connection with %s → %s', async (_name, peer, action) => {
+    const decision = await decide({ ...request(bearer), peer }, ext, checker({ t: valid(BOUND) }));
+    expect(decision.action).toBe(action);
+    if (action === 'reject') expect(decision).toEqual({ action: 'reject', reason: 'certificate_mismatch' });
+    // The cached path decides the same.
+    expect(decideCachedUser({ ...request(bearer), peer }, ext, () => BOUND)?.action).toBe(action);
+  });
+
+  it('an unbound token is refused; without thumbprint_verify the binding is not looked at', async () => {
+    const unbound = info({ userId: 'app' });
+    const peer = peerWith(der);
+    expect((await decide({ ...request(bearer), peer }, ext, checker({ t: valid(unbound) }))).action).toBe(
+      'reject',
+    );
+    const off = { ...ext, thumbprintVerify: false };
+    expect((await decide({ ...request(bearer), peer: {} }, off, checker({ t: valid(BOUND) }))).action).toBe(
+      'forward',
+    );
+  });
+
+  it('reads Authorization: Bearer only, as the Keystone OAuth2 filter', async () => {
+    const check = checker({ t: valid(BOUND) });
+    expect(await decide(request({ 'x-auth-token': 't' }), ext, check)).toEqual({
+      action: 'reject',
+      reason: 'missing',
+    });
+    expect(check).not.toHaveBeenCalled();
   });
 });

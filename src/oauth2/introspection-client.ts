@@ -29,6 +29,8 @@ export interface IntrospectionClientOptions {
 }
 
 const INVALID: ValidationAnswer = Object.freeze({ kind: 'invalid' });
+/** What /readyz introspects: no server issues it, so the answer is `active: false`, and proves the round trip. */
+const READINESS_PROBE_TOKEN = 'keystone-auth-proxy-readiness-probe';
 
 export class IntrospectionClient implements TokenValidator {
   readonly #options: IntrospectionClientOptions;
@@ -37,6 +39,7 @@ export class IntrospectionClient implements TokenValidator {
   readonly #breaker: CircuitBreaker;
   readonly #endpoint: URL;
   readonly #local: LocalJwtVerifier | undefined;
+  #probe: Promise<boolean> | undefined;
 
   constructor(options: IntrospectionClientOptions) {
     this.#options = options;
@@ -118,8 +121,11 @@ export class IntrospectionClient implements TokenValidator {
   }
 
   /** The active token's claims, or undefined for an inactive one. */
-  async #introspect(token: string): Promise<Record<string, unknown> | undefined> {
-    const deadline = performance.now() + this.#options.ext.httpRequestTimeoutSeconds * 1000;
+  async #introspect(
+    token: string,
+    budgetMs = this.#options.ext.httpRequestTimeoutSeconds * 1000,
+  ): Promise<Record<string, unknown> | undefined> {
+    const deadline = performance.now() + budgetMs;
     const parts = await introspectionRequest(token, this.#auth, this.#options.now());
     const response = await this.#http.send({
       operation: 'introspect',
@@ -151,9 +157,25 @@ export class IntrospectionClient implements TokenValidator {
     return claims.active === true ? claims : undefined;
   }
 
-  /** Ready unless the breaker is open: a closed breaker means the last calls were answered. */
-  async ready(): Promise<boolean> {
-    return this.#breaker.state !== 'open';
+  /**
+   * Ready: the breaker is not open, and the server answers an introspection with the proxy's client
+   * authentication now (a token that names no token: any answer will do, active or not). Probed on every call,
+   * as for Keystone; concurrent calls share one probe; not counted by the breaker.
+   */
+  ready(): Promise<boolean> {
+    if (this.#breaker.state === 'open') return Promise.resolve(false);
+    this.#probe ??= this.#introspect(
+      READINESS_PROBE_TOKEN,
+      Math.min(this.#options.ext.httpRequestTimeoutSeconds * 1000, 2_000),
+    )
+      .then(
+        () => true,
+        () => false,
+      )
+      .finally(() => {
+        this.#probe = undefined;
+      });
+    return this.#probe;
   }
 
   async close(): Promise<void> {

@@ -223,7 +223,12 @@ describe.skipIf(!cliBuilt() || skipWithoutOpenssl())(
       expect(refused.headers.get('www-authenticate')).toBe(challenge);
     });
 
-    it('/metrics names the filter and counts introspections; the access log names the filter', async () => {
+    it('/readyz: ready while the authorization server answers introspection', async () => {
+    const res = await fetch(`${proxy.adminUrl}/readyz`);
+    expect(res.status).toBe(200);
+  });
+
+  it('/metrics names the filter and counts introspections; the access log names the filter', async () => {
       expect(
         await scrapeMetric(
           proxy.adminUrl,
@@ -274,6 +279,10 @@ describe.skipIf(!cliBuilt())('external_oauth2_token: authorization server unreac
     expect(res.status).toBe(503);
     expect(Number(res.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
     expect(await res.text()).toBe(EXT_UNAVAILABLE_BODY);
+  });
+
+  it('/readyz: 503', async () => {
+    expect((await fetch(`${proxy.adminUrl}/readyz`)).status).toBe(503);
   });
 
   it('without a token it is still 401: nothing to ask the server', async () => {

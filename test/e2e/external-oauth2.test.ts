@@ -224,11 +224,11 @@ describe.skipIf(!cliBuilt() || skipWithoutOpenssl())(
     });
 
     it('/readyz: ready while the authorization server answers introspection', async () => {
-    const res = await fetch(`${proxy.adminUrl}/readyz`);
-    expect(res.status).toBe(200);
-  });
+      const res = await fetch(`${proxy.adminUrl}/readyz`);
+      expect(res.status).toBe(200);
+    });
 
-  it('/metrics names the filter and counts introspections; the access log names the filter', async () => {
+    it('/metrics names the filter and counts introspections; the access log names the filter', async () => {
       expect(
         await scrapeMetric(
           proxy.adminUrl,

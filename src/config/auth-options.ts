@@ -296,7 +296,17 @@ export function parseMemcachedServer(spec: string): { host: string; port: number
   return { host: match[1], port };
 }
 
-function memcacheIssues(o: Parsed): { path: string; message: string }[] {
+/** The memcached options, as both sections name them. */
+type MemcacheFields = {
+  readonly memcached_servers?: readonly string[] | undefined;
+  readonly memcache_servers?: readonly string[] | undefined;
+  readonly memcache_security_strategy: string;
+  readonly memcache_secret_key?: string | undefined;
+  readonly memcache_pool_socket_timeout: number;
+  readonly memcache_pool_dead_retry: number;
+};
+
+function memcacheIssues(o: MemcacheFields): { path: string; message: string }[] {
   const issues: { path: string; message: string }[] = [];
   if (
     o.memcache_security_strategy.toLowerCase() !== 'none' &&
@@ -387,7 +397,7 @@ function bindMode(value: string): BindMode {
   return { name: value };
 }
 
-function memcachedOptions(o: Parsed): MemcachedOptions | undefined {
+function memcachedOptions(o: MemcacheFields): MemcachedOptions | undefined {
   const servers = o.memcached_servers ?? o.memcache_servers ?? [];
   if (servers.length === 0) return undefined;
   const lower = o.memcache_security_strategy.toLowerCase();
@@ -422,6 +432,11 @@ export function resolveAuthOptions(input: unknown, context: ResolveContext = {})
   // The section sits beside keystone_authtoken in the sidecar's file: its paths are not under the prefix.
   const ext = external ? resolveExtOAuth2Options(o.ext_oauth2_auth, EXT_OAUTH2_SECTION) : undefined;
   if (ext !== undefined) issues.push(...ext.issues);
+  if (ext?.options !== undefined) {
+    for (const issue of memcacheIssues(ext.options.memcache)) {
+      issues.push({ ...issue, path: `${EXT_OAUTH2_SECTION}.${issue.path}` });
+    }
+  }
   if (issues.length > 0) throw new ConfigError(issues);
   const record = input as Record<string, unknown>;
   const keystone: ResolvedAuthOptions = Object.freeze({
@@ -481,7 +496,7 @@ function externalEngineOptions(
     circuitBreakerOpenSeconds: ext.circuitBreakerOpenSeconds,
     retryBudgetPerSecond: ext.retryBudgetPerSecond,
     staleIfErrorSeconds: ext.staleIfErrorSeconds,
-    memcached: undefined,
+    memcached: memcachedOptions(ext.memcache),
     revocationPollIntervalSeconds: 0,
     tokenRevalidateSeconds: 0,
     negativeCacheSeconds: ext.negativeCacheSeconds,

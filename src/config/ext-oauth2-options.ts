@@ -24,12 +24,7 @@ export type Challenge = (typeof CHALLENGES)[number];
 
 /** keystonemiddleware options of this group that have no effect here: accepted, warned about once. */
 export const IGNORED_EXT_OPTIONS: readonly string[] = [
-  'memcached_servers',
-  'memcache_security_strategy',
-  'memcache_secret_key',
-  'memcache_pool_dead_retry',
-  'memcache_pool_maxsize',
-  'memcache_pool_socket_timeout',
+  // A pipelined connection per server has no pool to size, wait for or expire (as for keystone_authtoken).
   'memcache_pool_unused_timeout',
   'memcache_pool_conn_get_timeout',
   'memcache_use_advanced_pool',
@@ -38,8 +33,8 @@ export const IGNORED_EXT_OPTIONS: readonly string[] = [
   'auth_section',
 ];
 
-const IGNORED_MEMCACHE =
-  "keystonemiddleware's memcached option: accepted, ignored (warned); this filter's cache is in-process, one per host.";
+const IGNORED_POOL =
+  'Accepted for keystonemiddleware files; ignored (warned): one pipelined connection per server.';
 
 /** A claim path: keys joined by dots (`project.domain.id`); no empty segment. */
 const claimPath = z
@@ -177,15 +172,30 @@ export const extOAuth2OptionsSchema = z
       .default(64 * 1024 * 1024)
       .describe('Most bytes (estimated) the token cache may hold.'),
     // Accepted for keystonemiddleware's files; the values are checked as there, then ignored.
-    memcached_servers: list.optional().describe(IGNORED_MEMCACHE),
-    memcache_security_strategy: securityStrategy.optional().describe(IGNORED_MEMCACHE),
-    memcache_secret_key: z.string().optional().describe(IGNORED_MEMCACHE),
-    memcache_pool_dead_retry: seconds.optional().describe(IGNORED_MEMCACHE),
-    memcache_pool_maxsize: count.optional().describe(IGNORED_MEMCACHE),
-    memcache_pool_socket_timeout: seconds.optional().describe(IGNORED_MEMCACHE),
-    memcache_pool_unused_timeout: seconds.optional().describe(IGNORED_MEMCACHE),
-    memcache_pool_conn_get_timeout: seconds.optional().describe(IGNORED_MEMCACHE),
-    memcache_use_advanced_pool: bool.optional().describe(IGNORED_MEMCACHE),
+    memcached_servers: list
+      .optional()
+      .describe(
+        'host:port of memcached servers shared by replicas (second cache tier, the mapped identity); unset: in-process only.',
+      ),
+    memcache_security_strategy: securityStrategy
+      .default('None')
+      .describe('None, MAC (entries signed) or ENCRYPT (signed and AES-encrypted), as keystonemiddleware.'),
+    memcache_secret_key: z
+      .string()
+      .optional()
+      .describe('Secret the per-token memcached keys are derived from; required with MAC or ENCRYPT.'),
+    memcache_pool_dead_retry: seconds
+      .default(30)
+      .describe('Seconds a failed memcached server is skipped before a retry.'),
+    memcache_pool_maxsize: count.optional().describe(IGNORED_POOL),
+    memcache_pool_socket_timeout: positiveSeconds
+      .default(0.5)
+      .describe(
+        'Deadline of one memcached operation; past it the request goes on to the authorization server.',
+      ),
+    memcache_pool_unused_timeout: seconds.optional().describe(IGNORED_POOL),
+    memcache_pool_conn_get_timeout: seconds.optional().describe(IGNORED_POOL),
+    memcache_use_advanced_pool: bool.optional().describe(IGNORED_POOL),
     auth_type: z
       .string()
       .optional()
@@ -255,6 +265,14 @@ export interface ResolvedExtOAuth2Options {
   readonly retryBudgetPerSecond: number;
   readonly circuitBreakerFailureThreshold: number;
   readonly circuitBreakerOpenSeconds: number;
+  /** The memcached tier's options, as keystone_authtoken names them (validated like those). */
+  readonly memcache: {
+    readonly memcached_servers: readonly string[] | undefined;
+    readonly memcache_security_strategy: string;
+    readonly memcache_secret_key: string | undefined;
+    readonly memcache_pool_socket_timeout: number;
+    readonly memcache_pool_dead_retry: number;
+  };
   /** Options of keystonemiddleware's group given but without effect here. */
   readonly ignored: readonly string[];
 }
@@ -384,6 +402,14 @@ export function resolveExtOAuth2Options(
     retryBudgetPerSecond: o.retry_budget_per_second,
     circuitBreakerFailureThreshold: o.circuit_breaker_failure_threshold,
     circuitBreakerOpenSeconds: o.circuit_breaker_open_seconds,
+    memcache: Object.freeze({
+      memcached_servers:
+        o.memcached_servers === undefined ? undefined : Object.freeze([...o.memcached_servers]),
+      memcache_security_strategy: o.memcache_security_strategy,
+      memcache_secret_key: o.memcache_secret_key,
+      memcache_pool_socket_timeout: o.memcache_pool_socket_timeout,
+      memcache_pool_dead_retry: o.memcache_pool_dead_retry,
+    }),
     ignored: Object.freeze(IGNORED_EXT_OPTIONS.filter((name) => record[name] !== undefined)),
   });
   return { options, issues: [] };

@@ -17,6 +17,7 @@ import { createAuthTokenHandler } from '../../src/http/handler.js';
 import { EXT_UNAUTHORIZED_BODY } from '../../src/http/responses.js';
 import { createKoaAuth } from '../../src/koa.js';
 import { listen, type Running } from '../helpers/http.js';
+import { type Memcached, skipWithoutMemcached, startMemcached } from '../helpers/memcached.js';
 import { type IssuedFiles, skipWithoutOpenssl } from '../helpers/oauth2-pki.js';
 import { type OAuth2Server, SECRETS, startOAuth2Server } from '../helpers/oauth2-server.js';
 
@@ -278,3 +279,52 @@ describe.skipIf(skipWithoutOpenssl())('external_oauth2_token in Koa and the plai
     },
   );
 });
+
+describe.skipIf(skipWithoutOpenssl() || skipWithoutMemcached)(
+  'external_oauth2_token: memcached shared by replicas',
+  () => {
+    let as: OAuth2Server;
+    let memcached: Memcached;
+    const open: Authenticator[] = [];
+    beforeAll(async () => {
+      as = await startOAuth2Server();
+      as.claims.set('app', ALICE);
+      memcached = await startMemcached();
+    });
+    afterAll(async () => {
+      await Promise.all(open.map((a) => a.close()));
+      await memcached?.stop();
+      await as?.close();
+    });
+
+    function replica(events: string[]): Authenticator {
+      const auth = createAuthenticator(
+        extOptions(as, {
+          memcached_servers: memcached.server,
+          memcache_security_strategy: 'ENCRYPT',
+          memcache_secret_key: 'shared-secret',
+        }),
+        { observer: { cache: (event) => events.push(event) } },
+      );
+      open.push(auth);
+      return auth;
+    }
+
+    it('a token introspected by one replica is served to another from memcached, encrypted, without the raw token', async () => {
+      const seenA: string[] = [];
+      const seenB: string[] = [];
+      const a = replica(seenA);
+      const b = replica(seenB);
+      const token = await as.token();
+      const facts = { method: 'GET', path: '/', headers: { authorization: `Bearer ${token}` } };
+      expect((await a.authenticate(facts)).action).toBe('forward');
+      // memcached writes are fire-and-forget: give this one a moment to land.
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const asked = as.introspections();
+      const outcome = await b.authenticate(facts);
+      expect(outcome.action === 'forward' && outcome.context.user?.projectId).toBe('p-demo');
+      expect(seenB).toContain('shared_hit');
+      expect(as.introspections()).toBe(asked);
+    });
+  },
+);

@@ -88,11 +88,22 @@ describe('ext_oauth2_auth', () => {
       negativeCacheSeconds: 42,
       wwwAuthenticateUri: 'https://as.example/token',
       revocationPollIntervalSeconds: 0,
-      memcached: undefined,
+      memcached: { servers: ['m:11211'], securityStrategy: 'None' },
       delayAuthDecision: false,
       includeServiceCatalog: false,
-      ignored: ['ext_oauth2_auth.memcached_servers'],
+      ignored: [],
     });
+  });
+
+  it('memcache options are checked as in keystone_authtoken, under the section', () => {
+    expect(() =>
+      resolveAuthOptions({
+        filter: 'external_oauth2_token',
+        ext_oauth2_auth: { ...MINIMAL, memcached_servers: 'm:11211', memcache_security_strategy: 'ENCRYPT' },
+      }),
+    ).toThrow(
+      /ext_oauth2_auth\.memcache_secret_key: is required when memcache_security_strategy is MAC or ENCRYPT/,
+    );
   });
 
   it('the filter without its section is a ConfigError naming ext_oauth2_auth', () => {

@@ -25,6 +25,7 @@ export type Challenge = (typeof CHALLENGES)[number];
 /** keystonemiddleware options of this group that have no effect here: accepted, warned about once. */
 export const IGNORED_EXT_OPTIONS: readonly string[] = [
   // A pipelined connection per server has no pool to size, wait for or expire (as for keystone_authtoken).
+  'memcache_pool_maxsize',
   'memcache_pool_unused_timeout',
   'memcache_pool_conn_get_timeout',
   'memcache_use_advanced_pool',

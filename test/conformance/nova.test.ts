@@ -98,7 +98,16 @@ describe.skipIf(skip !== undefined)(skip === undefined ? title : `${title} (skip
     text
       .replaceAll(proxy.url, '<nova>')
       .replaceAll(referenceUrl, '<nova>')
-      .replace(/req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g, 'req-<id>');
+      .replace(/req-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g, 'req-<id>')
+      // Creation times: each side has its own database, written a few milliseconds apart.
+      .replace(/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?/g, '<time>');
+
+  /**
+   * A 401 the proxy answers never reached Nova, so it lacks Nova's `x-compute-request-id`, which novaclient
+   * quotes in its error message (README "Against the real thing: Nova", difference 2).
+   */
+  const withoutComputeRequestId = (stderr: string): string =>
+    stderr.replace('(HTTP 401) (Request-ID: req-<id>)', '(HTTP 401)');
 
   /** The real client with the token as it is (auth type admin_token): no re-authentication, no catalog. */
   const osc = (base: string, token: string, args: string[]): Promise<OsResult> => {
@@ -132,7 +141,11 @@ describe.skipIf(skip !== undefined)(skip === undefined ? title : `${title} (skip
       osc(proxy.url, token, args),
       osc(referenceUrl, token, args),
     ]);
-    const shape = (r: OsResult) => ({ code: r.code, stdout: normalize(r.stdout), stderr: normalize(r.stderr) });
+    const shape = (r: OsResult) => ({
+      code: r.code,
+      stdout: normalize(r.stdout),
+      stderr: withoutComputeRequestId(normalize(r.stderr)),
+    });
     console.log(`openstack ${args.join(' ')} (as ${who}): exit ${viaProxy.code} / ${viaReference.code}`);
     expect(shape(viaProxy), `openstack ${args.join(' ')} as ${who}`).toEqual(shape(viaReference));
     return viaProxy;
@@ -326,7 +339,7 @@ log: { level: info }
       const refused = await sameOsc(who, ['flavor', 'create', '--ram', '64', '--disk', '0', `kap-${who}-${runId}`]);
       // Nova's policy engine answers (the request was authenticated): the identity headers drove it.
       expect(refused.code).not.toBe(0);
-      expect(refused.stderr).toMatch(/HTTP 403/);
+      expect(refused.stderr).toMatch(/403: Client Error .*os-flavor-manage:create/);
     }
   });
 
@@ -351,12 +364,15 @@ log: { level: info }
   });
 
   it('5. server list, limits show --absolute, availability zone list for every kind of token', async () => {
-    for (const who of ['admin', 'member', 'reader', 'system'] as const) {
+    for (const who of ['admin', 'member', 'reader'] as const) {
       await sameOsc(who, ['server', 'list', '-f', 'json']);
       await sameOsc(who, ['limits', 'show', '--absolute', '-f', 'json']);
       await sameOsc(who, ['availability', 'zone', 'list', '-f', 'json']);
     }
     await sameOsc('admin', ['server', 'list', '--all-projects', '-f', 'json']);
+    // enforce_scope: Nova's project APIs refuse a system-scoped token (403), on both sides alike.
+    const system = await sameOsc('system', ['server', 'list', '-f', 'json']);
+    expect(system.stderr).toMatch(/HTTP 403/);
   });
 
   it(`6. raw microversion requests (OpenStack-API-Version: compute ${MICROVERSION}, latest, too new, none)`, async () => {
@@ -394,7 +410,7 @@ log: { level: info }
     expect((await sameRaw('POST', '/v2.1/flavors', auth('appcred'), body)).status).toBe(401);
     // openstack flavor list asks for /v2.1/flavors/detail, which the rule does not cover.
     const listed = await sameOsc('appcred', ['flavor', 'list', '-f', 'json']);
-    expect(listed.stderr).toMatch(/HTTP 401/);
+    expect(listed.stderr).toMatch(/401: Client Error .*requires authentication/);
   });
 
   it('9. service token pair: both valid, either one bad, expired user token with a service token', async () => {
@@ -427,7 +443,10 @@ log: { level: info }
     expect((await sameRaw('GET', '/v2.1/servers', { 'x-auth-token': revoked })).status).toBe(401);
     const listed = await Promise.all([osc(proxy.url, revoked, ['server', 'list']), osc(referenceUrl, revoked, ['server', 'list'])]);
     expect(listed.map((r) => r.code)).toEqual([1, 1]);
-    expect(normalize(listed[0].stderr)).toBe(normalize(listed[1].stderr));
+    const [viaProxy, viaReference] = listed.map((r) => normalize(r.stderr));
+    // Difference 2: the reference's 401 passed Nova's request-id middleware, the proxy's never reached Nova.
+    expect(viaReference).toMatch(/\(HTTP 401\) \(Request-ID: req-<id>\)/);
+    expect(viaProxy).toBe(withoutComputeRequestId(viaReference as string));
   });
 
   it('11. no token or a garbage token: 401, same body; spoofed identity headers do not reach Nova', async () => {
@@ -468,7 +487,8 @@ log: { level: info }
       ...['--os-auth-url', keystoneUrl(), '--os-identity-api-version', '3', '--os-region-name', f.region],
       ...['--os-username', f.demo.user, '--os-password', f.demo.password, '--os-user-domain-id', 'default'],
       ...['--os-project-name', f.demo.project, '--os-project-domain-id', 'default'],
-      ...['--os-compute-api-version', CLIENT_MICROVERSION, 'server', 'list', '-f', 'json'],
+      // Not `server list`: it looks for an image endpoint too, and this catalog has none.
+      ...['--os-compute-api-version', CLIENT_MICROVERSION, 'flavor', 'list', '-f', 'json'],
     ];
     const result = await new Promise<OsResult>((resolve, reject) => {
       execFile(
@@ -482,10 +502,15 @@ log: { level: info }
       );
     });
     expect(result.code, result.stderr).toBe(0);
-    expect(JSON.parse(result.stdout)).toEqual([]);
+    expect(JSON.parse(result.stdout)).toContainEqual(expect.objectContaining({ ID: flavorId }));
     await vi.waitFor(() =>
       expect(proxy.logs).toContainEqual(
-        expect.objectContaining({ msg: 'request', path: '/v2.1/servers/detail', status: 200, decision: 'confirmed' }),
+        expect.objectContaining({
+          msg: 'request',
+          path: expect.stringMatching(/^\/v2\.1\/flavors\/detail/),
+          status: 200,
+          decision: 'confirmed',
+        }),
       ),
     );
   });

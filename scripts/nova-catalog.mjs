@@ -4,8 +4,15 @@
 // client can only pick that one (the proxy's port changes from run to run). Other suites assert the exact
 // catalog: `unregister` removes the service and its endpoints again.
 const [url, adminPassword, action, computeUrl] = process.argv.slice(2);
-if (!url || !adminPassword || !['register', 'unregister'].includes(action) || (action === 'register') !== !!computeUrl) {
-  console.error('usage: nova-catalog.mjs <keystone url> <admin password> register <compute url> | unregister');
+if (
+  !url ||
+  !adminPassword ||
+  !['register', 'unregister'].includes(action) ||
+  (action === 'register') !== !!computeUrl
+) {
+  console.error(
+    'usage: nova-catalog.mjs <keystone url> <admin password> register <compute url> | unregister',
+  );
   process.exit(2);
 }
 
@@ -21,15 +28,19 @@ async function call(method, path, token, body, expect = [200, 201, 204]) {
 }
 
 const scope = { project: { name: 'admin', domain: { id: 'default' } } };
-const identity = { methods: ['password'], password: { user: { name: 'admin', domain: { id: 'default' }, password: adminPassword } } };
-const admin = (await call('POST', '/auth/tokens?nocatalog', undefined, { auth: { identity, scope } })).headers.get(
-  'x-subject-token',
-);
+const identity = {
+  methods: ['password'],
+  password: { user: { name: 'admin', domain: { id: 'default' }, password: adminPassword } },
+};
+const admin = (
+  await call('POST', '/auth/tokens?nocatalog', undefined, { auth: { identity, scope } })
+).headers.get('x-subject-token');
 
 const services = (await call('GET', '/services?type=compute', admin)).json.services;
 for (const service of services) {
   const { endpoints } = (await call('GET', `/endpoints?service_id=${service.id}`, admin)).json;
-  for (const endpoint of endpoints) await call('DELETE', `/endpoints/${endpoint.id}`, admin, undefined, [204, 404]);
+  for (const endpoint of endpoints)
+    await call('DELETE', `/endpoints/${endpoint.id}`, admin, undefined, [204, 404]);
   if (action === 'unregister' || service !== services[0]) {
     await call('DELETE', `/services/${service.id}`, admin, undefined, [204, 404]);
   }

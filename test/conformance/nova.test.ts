@@ -37,8 +37,10 @@ function skipReason(): string | undefined {
   if (!keystoneAvailable()) {
     return 'KEYSTONE_URL/KEYSTONE_FIXTURES unset (eval "$(bash scripts/keystone-local.sh env)")';
   }
-  if (!existsSync('/usr/bin/nova-api-wsgi')) return 'Nova is not installed (bash scripts/nova-local.sh install)';
-  if (!existsSync(OPENSTACK)) return 'python3-openstackclient is not installed (bash scripts/nova-local.sh install)';
+  if (!existsSync('/usr/bin/nova-api-wsgi'))
+    return 'Nova is not installed (bash scripts/nova-local.sh install)';
+  if (!existsSync(OPENSTACK))
+    return 'python3-openstackclient is not installed (bash scripts/nova-local.sh install)';
   if (!cliBuilt()) return 'dist/cli.js is missing (npm run build)';
   return undefined;
 }
@@ -87,8 +89,10 @@ describe.skipIf(skip !== undefined)(skip === undefined ? title : `${title} (skip
   const runId = Date.now().toString(36);
   const flavorId = `kap-${runId}`;
   const keypair = `kap-kp-${runId}`;
-  const tokens: Record<'admin' | 'member' | 'reader' | 'system' | 'appcred' | 'service' | 'weakService', string> =
-    {} as never;
+  const tokens: Record<
+    'admin' | 'member' | 'reader' | 'system' | 'appcred' | 'service' | 'weakService',
+    string
+  > = {} as never;
   let expiring: { token: string; expiresAt: number };
   let reader: { id: string; name: string; password: string } | undefined;
   let appCredId: string | undefined;
@@ -205,7 +209,9 @@ describe.skipIf(skip !== undefined)(skip === undefined ? title : `${title} (skip
     };
     novaUrl = value('NOVA_URL');
     referenceUrl = value('NOVA_REFERENCE_URL');
-    console.log(`Nova at ${novaUrl} (trusted-auth), ${referenceUrl} (keystonemiddleware), ready in ${Math.round(performance.now() - started)} ms`);
+    console.log(
+      `Nova at ${novaUrl} (trusted-auth), ${referenceUrl} (keystonemiddleware), ready in ${Math.round(performance.now() - started)} ms`,
+    );
 
     const config = `
 workers: 1
@@ -231,7 +237,9 @@ keystone_authtoken:
   service_type: compute
 log: { level: info }
 `;
-    proxy = await startCli(['--config', writeConfig(config)], { NOVA_TEST_PROXY_PASSWORD: f.service.password });
+    proxy = await startCli(['--config', writeConfig(config)], {
+      NOVA_TEST_PROXY_PASSWORD: f.service.password,
+    });
     // The catalog's compute endpoints name the proxy; tokens issued from now on carry them (access rules need it).
     await run('bash', [SCRIPT, 'register', `${proxy.url}/v2.1`]);
     registered = true;
@@ -239,11 +247,17 @@ log: { level: info }
     const project = (id: string) => ({ project: { id } });
     tokens.admin = (await passwordToken(f.admin.user, f.admin.password, project(f.admin.projectId))).token;
     tokens.member = (await passwordToken(f.demo.user, f.demo.password, project(f.demo.projectId))).token;
-    tokens.system = (await passwordToken(f.sysReader.user, f.sysReader.password, { system: { all: true } })).token;
-    tokens.service = (await passwordToken(f.service.user, f.service.password, project(f.service.projectId))).token;
-    tokens.weakService = (await passwordToken(f.weakValidator.user, f.weakValidator.password, {
-      project: { name: f.service.project, domain: { id: 'default' } },
-    })).token;
+    tokens.system = (
+      await passwordToken(f.sysReader.user, f.sysReader.password, { system: { all: true } })
+    ).token;
+    tokens.service = (
+      await passwordToken(f.service.user, f.service.password, project(f.service.projectId))
+    ).token;
+    tokens.weakService = (
+      await passwordToken(f.weakValidator.user, f.weakValidator.password, {
+        project: { name: f.service.project, domain: { id: 'default' } },
+      })
+    ).token;
 
     const name = `kap-nova-reader-${runId}`;
     const created = (await adminCall('POST', '/users', {
@@ -301,11 +315,17 @@ log: { level: info }
     const credential = appCredId;
     if (credential !== undefined) {
       await attempt(() =>
-        adminCall('DELETE', `/users/${f.demo.userId}/application_credentials/${credential}`, undefined, [204, 404]),
+        adminCall(
+          'DELETE',
+          `/users/${f.demo.userId}/application_credentials/${credential}`,
+          undefined,
+          [204, 404],
+        ),
       );
     }
     const user = reader;
-    if (user !== undefined) await attempt(() => adminCall('DELETE', `/users/${user.id}`, undefined, [204, 404]));
+    if (user !== undefined)
+      await attempt(() => adminCall('DELETE', `/users/${user.id}`, undefined, [204, 404]));
     if (proxy !== undefined) await attempt(() => proxy.stop());
     if (startedNova) await attempt(() => run('bash', [SCRIPT, 'stop'], { timeout: 30_000 }));
     if (work !== undefined) rmSync(work, { recursive: true, force: true });
@@ -317,7 +337,9 @@ log: { level: info }
       const answer = await sameRaw('GET', path, {});
       expect(answer.status).toBe(200);
     }
-    const { version } = JSON.parse((await sameRaw('GET', '/v2.1', {})).body) as { version: { version: string } };
+    const { version } = JSON.parse((await sameRaw('GET', '/v2.1', {})).body) as {
+      version: { version: string };
+    };
     expect(version.version).toBe(MICROVERSION);
   });
 
@@ -327,16 +349,26 @@ log: { level: info }
     const listed = await sameOsc('admin', ['flavor', 'list', '--all', '-f', 'json']);
     expect(JSON.parse(listed.stdout)).toContainEqual(expect.objectContaining({ ID: flavorId, RAM: 512 }));
     expect((await sameOsc('admin', ['flavor', 'show', flavorId, '-f', 'json'])).code).toBe(0);
-    expect((await sameOsc('admin', ['flavor', 'set', '--property', 'kap:conformance=yes', flavorId])).code).toBe(0);
+    expect(
+      (await sameOsc('admin', ['flavor', 'set', '--property', 'kap:conformance=yes', flavorId])).code,
+    ).toBe(0);
     const shown = await sameOsc('admin', ['flavor', 'show', flavorId, '-f', 'json']);
     expect(JSON.parse(shown.stdout).properties).toEqual({ 'kap:conformance': 'yes' });
   });
 
   it("3. member, reader, system: flavor list and show allowed, create refused by Nova's policy", async () => {
     for (const who of ['member', 'reader', 'system'] as const) {
-      await sameOsc(who, ['flavor', 'list', '-f', 'json']);
-      await sameOsc(who, ['flavor', 'show', flavorId, '-f', 'json']);
-      const refused = await sameOsc(who, ['flavor', 'create', '--ram', '64', '--disk', '0', `kap-${who}-${runId}`]);
+      expect((await sameOsc(who, ['flavor', 'list', '-f', 'json'])).code).toBe(0);
+      expect((await sameOsc(who, ['flavor', 'show', flavorId, '-f', 'json'])).code).toBe(0);
+      const refused = await sameOsc(who, [
+        'flavor',
+        'create',
+        '--ram',
+        '64',
+        '--disk',
+        '0',
+        `kap-${who}-${runId}`,
+      ]);
       // Nova's policy engine answers (the request was authenticated): the identity headers drove it.
       expect(refused.code).not.toBe(0);
       expect(refused.stderr).toMatch(/403: Client Error .*os-flavor-manage:create/);
@@ -346,7 +378,15 @@ log: { level: info }
   it('4. member: keypair create, list, show, delete; reader: keypair create as Nova allows it', async () => {
     const keyFile = join(work, 'key.pub');
     writeFileSync(keyFile, `${PUBLIC_KEY}\n`);
-    const created = await sameOsc('member', ['keypair', 'create', '--public-key', keyFile, '-f', 'json', keypair]);
+    const created = await sameOsc('member', [
+      'keypair',
+      'create',
+      '--public-key',
+      keyFile,
+      '-f',
+      'json',
+      keypair,
+    ]);
     expect(created.code).toBe(0);
     // The keypair belongs to the user of the token: the proxy's X-User-Id reached Nova.
     expect(JSON.parse(created.stdout)).toMatchObject({ name: keypair, user_id: f.demo.userId });
@@ -355,19 +395,28 @@ log: { level: info }
     await sameOsc('member', ['keypair', 'show', keypair, '-f', 'json']);
     // The reader sees none of demo's keypairs (they are per user).
     await sameOsc('reader', ['keypair', 'list', '-f', 'json']);
-    await sameOsc('reader', ['keypair', 'create', '--public-key', keyFile, '-f', 'json', `${keypair}-reader`]);
+    await sameOsc('reader', [
+      'keypair',
+      'create',
+      '--public-key',
+      keyFile,
+      '-f',
+      'json',
+      `${keypair}-reader`,
+    ]);
     await sameOsc('reader', ['keypair', 'delete', `${keypair}-reader`]);
     expect((await sameOsc('member', ['keypair', 'delete', keypair])).code).toBe(0);
-    expect(JSON.parse((await sameOsc('member', ['keypair', 'list', '-f', 'json'])).stdout)).not.toContainEqual(
-      expect.objectContaining({ Name: keypair }),
-    );
+    expect(
+      JSON.parse((await sameOsc('member', ['keypair', 'list', '-f', 'json'])).stdout),
+    ).not.toContainEqual(expect.objectContaining({ Name: keypair }));
   });
 
   it('5. server list, limits show --absolute, availability zone list for every kind of token', async () => {
     for (const who of ['admin', 'member', 'reader'] as const) {
-      await sameOsc(who, ['server', 'list', '-f', 'json']);
-      await sameOsc(who, ['limits', 'show', '--absolute', '-f', 'json']);
-      await sameOsc(who, ['availability', 'zone', 'list', '-f', 'json']);
+      expect(JSON.parse((await sameOsc(who, ['server', 'list', '-f', 'json'])).stdout)).toEqual([]);
+      const limits = JSON.parse((await sameOsc(who, ['limits', 'show', '--absolute', '-f', 'json'])).stdout);
+      expect(limits).toContainEqual({ Name: 'maxTotalInstances', Value: 10 });
+      expect((await sameOsc(who, ['availability', 'zone', 'list', '-f', 'json'])).code).toBe(0);
     }
     await sameOsc('admin', ['server', 'list', '--all-projects', '-f', 'json']);
     // enforce_scope: Nova's project APIs refuse a system-scoped token (403), on both sides alike.
@@ -387,7 +436,11 @@ log: { level: info }
     expect(latest.headers['openstack-api-version']).toBe(`compute ${MICROVERSION}`);
     expect((await sameRaw('GET', '/v2.1/flavors', at('2.999'))).status).toBe(406);
     expect((await sameRaw('GET', '/v2.1/flavors', at('two'))).status).toBe(400);
-    const legacy = await sameRaw('GET', '/v2.1/servers/detail', auth('member', { 'x-openstack-nova-api-version': '2.47' }));
+    const legacy = await sameRaw(
+      'GET',
+      '/v2.1/servers/detail',
+      auth('member', { 'x-openstack-nova-api-version': '2.47' }),
+    );
     expect(legacy.headers['x-openstack-nova-api-version']).toBe('2.47');
     const none = await sameRaw('GET', '/v2.1/limits', auth('member'));
     expect(none.headers['openstack-api-version']).toBe('compute 2.1');
@@ -395,7 +448,7 @@ log: { level: info }
     await sameRaw('GET', '/v2.1/os-availability-zone', at(MICROVERSION));
   });
 
-  it("7. quota sets: Nova asks Keystone itself (the trusted-auth Nova through its [keystone] endpoint)", async () => {
+  it('7. quota sets: Nova asks Keystone itself (the trusted-auth Nova through its [keystone] endpoint)', async () => {
     const quotas = await sameRaw('GET', `/v2.1/os-quota-sets/${f.admin.projectId}`, auth('admin'));
     expect(quotas.status).toBe(200);
     expect((await sameRaw('GET', '/v2.1/os-quota-sets/not-a-project', auth('admin'))).status).toBe(400);
@@ -417,13 +470,16 @@ log: { level: info }
     const pair = auth('member', { 'x-service-token': tokens.service });
     expect((await sameRaw('GET', '/v2.1/flavors', pair)).status).toBe(200);
     expect((await sameRaw('GET', '/v2.1/os-keypairs', pair)).status).toBe(200);
-    expect((await sameRaw('GET', '/v2.1/flavors', auth('member', { 'x-service-token': 'garbage' }))).status).toBe(401);
+    expect(
+      (await sameRaw('GET', '/v2.1/flavors', auth('member', { 'x-service-token': 'garbage' }))).status,
+    ).toBe(401);
     const badUser = { 'x-auth-token': 'garbage', 'x-service-token': tokens.service };
     expect((await sameRaw('GET', '/v2.1/flavors', badUser)).status).toBe(401);
     expect((await sameRaw('GET', '/v2.1/flavors', { 'x-service-token': tokens.service })).status).toBe(401);
     // The access rule is skipped when a valid service token comes along (a service acting for the user).
     expect(
-      (await sameRaw('GET', '/v2.1/flavors/detail', auth('appcred', { 'x-service-token': tokens.service }))).status,
+      (await sameRaw('GET', '/v2.1/flavors/detail', auth('appcred', { 'x-service-token': tokens.service })))
+        .status,
     ).toBe(200);
   });
 
@@ -438,10 +494,14 @@ log: { level: info }
     expect((await sameRaw('GET', '/v2.1/flavors', withService)).status).toBe(200);
     expect(await osc(proxy.url, expiring.token, ['server', 'list'])).toMatchObject({ code: 1 });
 
-    const revoked = (await passwordToken(f.demo.user, f.demo.password, { project: { id: f.demo.projectId } })).token;
+    const revoked = (await passwordToken(f.demo.user, f.demo.password, { project: { id: f.demo.projectId } }))
+      .token;
     await revokeToken(revoked);
     expect((await sameRaw('GET', '/v2.1/servers', { 'x-auth-token': revoked })).status).toBe(401);
-    const listed = await Promise.all([osc(proxy.url, revoked, ['server', 'list']), osc(referenceUrl, revoked, ['server', 'list'])]);
+    const listed = await Promise.all([
+      osc(proxy.url, revoked, ['server', 'list']),
+      osc(referenceUrl, revoked, ['server', 'list']),
+    ]);
     expect(listed.map((r) => r.code)).toEqual([1, 1]);
     const [viaProxy, viaReference] = listed.map((r) => normalize(r.stderr));
     // Difference 2: the reference's 401 passed Nova's request-id middleware, the proxy's never reached Nova.
@@ -453,7 +513,11 @@ log: { level: info }
     const none = await sameRaw('GET', '/v2.1/servers', {});
     expect(none.status).toBe(401);
     expect(JSON.parse(none.body)).toEqual({
-      error: { code: 401, title: 'Unauthorized', message: 'The request you have made requires authentication.' },
+      error: {
+        code: 401,
+        title: 'Unauthorized',
+        message: 'The request you have made requires authentication.',
+      },
     });
     expect((await sameRaw('GET', '/v2.1/servers', { 'x-auth-token': 'garbage' })).status).toBe(401);
     // A member claiming admin: Nova's policy must see the member's real roles.
@@ -468,9 +532,9 @@ log: { level: info }
     const mine = await sameRaw('GET', '/v2.1/os-keypairs', forged);
     expect(mine.status).toBe(200);
     // Identity headers without any token: still 401.
-    expect((await sameRaw('GET', '/v2.1/servers', { 'x-user-id': f.admin.userId, 'x-roles': 'admin' })).status).toBe(
-      401,
-    );
+    expect(
+      (await sameRaw('GET', '/v2.1/servers', { 'x-user-id': f.admin.userId, 'x-roles': 'admin' })).status,
+    ).toBe(401);
   });
 
   it('12. deliberate difference: a service token without the service role (keystonemiddleware 10.1 takes it)', async () => {

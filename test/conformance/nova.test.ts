@@ -302,7 +302,8 @@ log: { level: info }
       base: shortLivedUrl(),
     });
     expiring = { token: short.token, expiresAt: Date.parse(short.body.token.expires_at as string) };
-  });
+    // A first start syncs four databases (about a minute here, more on a busy machine).
+  }, 300_000);
 
   afterAll(async () => {
     // Every step runs even if one fails, so no process, catalog entry or fixture outlives the run.

@@ -7,6 +7,7 @@ import type { BindMode, FilterName } from '../config/auth-options.js';
 import type { InvalidTokenReason, KeystoneUnavailableError } from '../errors.js';
 import type { TokenInfo } from '../keystone/token-info.js';
 import { checkAccessRules } from './access-rules.js';
+import { certificateBinding, type PresentedCertificate } from './certificate-binding.js';
 import type { HeaderBag } from './extract.js';
 import { extractFor } from './extract.js';
 
@@ -54,6 +55,8 @@ export interface RequestFacts {
   /** Path without the query string. */
   readonly path: string;
   readonly headers: HeaderBag;
+  /** The client certificate of the connection (verified by the listener) or of a trusted ingress header. */
+  readonly clientCertificate?: PresentedCertificate | undefined;
 }
 
 export type CheckToken = (token: string, allowExpired: boolean) => Promise<TokenCheck>;
@@ -183,6 +186,11 @@ function confirmUser(
   // keystonemiddleware skips the user token's bind check when a service token vouches for the request.
   if (!hasServiceToken && !bindAllows(info.bind, policy.enforceTokenBind)) {
     return { status: 'Invalid', reason: 'bind_rejected' };
+  }
+  if (policy.filter === 'oauth2_mtls_token') {
+    const binding = certificateBinding(info.certThumbprint, request.clientCertificate);
+    if (binding === 'no_certificate') return { status: 'Invalid', reason: 'certificate_missing' };
+    if (binding !== 'bound') return { status: 'Invalid', reason: 'certificate_mismatch' };
   }
   return { status: 'Confirmed', info };
 }

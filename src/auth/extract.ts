@@ -48,5 +48,5 @@ export function extractBearer(headers: HeaderBag): ExtractedTokens {
 }
 
 export function extractFor(filter: FilterName, headers: HeaderBag): ExtractedTokens {
-  return filter === 'oauth2_token' ? extractBearer(headers) : extractTokens(headers);
+  return filter === 'auth_token' ? extractTokens(headers) : extractBearer(headers);
 }

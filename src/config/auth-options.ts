@@ -96,14 +96,14 @@ export const IGNORED_KSM_OPTIONS: readonly string[] = [
  * keystonemiddleware's paste filters this engine can act as. Not a `[keystone_authtoken]` option there (it is the
  * filter's name in the paste pipeline); here an option of the engine, and the sidecar YAML's top-level `filter`.
  */
-export const FILTERS = ['auth_token', 'oauth2_token'] as const;
+export const FILTERS = ['auth_token', 'oauth2_token', 'oauth2_mtls_token'] as const;
 export type FilterName = (typeof FILTERS)[number];
 
 export const filterSchema = z
   .enum(FILTERS)
   .default('auth_token')
   .describe(
-    "Which keystonemiddleware filter to act as: auth_token (X-Auth-Token, X-Service-Token) or oauth2_token (Keystone's OAuth2 client-credentials tokens, or any Keystone token, from Authorization: Bearer).",
+    "Which keystonemiddleware filter to act as: auth_token (X-Auth-Token, X-Service-Token), oauth2_token (Keystone's OAuth2 client-credentials tokens, or any Keystone token, from Authorization: Bearer) or oauth2_mtls_token (the same, bound to the client's TLS certificate).",
   );
 
 export const authOptionsSchema = z

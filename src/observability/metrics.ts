@@ -140,6 +140,8 @@ const INVALID_TOKEN_REASONS: Record<InvalidTokenReason, true> = {
   malformed_body: true,
   access_rule_denied: true,
   bind_rejected: true,
+  certificate_missing: true,
+  certificate_mismatch: true,
   service_token_invalid: true,
   service_token_roles: true,
   keystone_unavailable: true,

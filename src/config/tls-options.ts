@@ -20,7 +20,9 @@ export const tlsSchema = z
     keyfile: file.describe('PEM private key of certfile (unencrypted).'),
     client_cafile: file
       .optional()
-      .describe('PEM CA bundle a client certificate must chain to (mutual TLS); needed unless client_auth is none.'),
+      .describe(
+        'PEM CA bundle a client certificate must chain to (mutual TLS); needed unless client_auth is none.',
+      ),
     client_auth: z
       .enum(CLIENT_AUTH_MODES)
       .default('none')

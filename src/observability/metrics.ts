@@ -467,7 +467,10 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
       });
     },
     tlsReload: (listener, result) => {
-      tlsReloads.inc({ listener: bounded(TLS_LISTENERS, listener), result: bounded(TLS_RELOAD_RESULTS, result) });
+      tlsReloads.inc({
+        listener: bounded(TLS_LISTENERS, listener),
+        result: bounded(TLS_RELOAD_RESULTS, result),
+      });
     },
     tlsCertificateExpiry: (name, notAfterSeconds) => {
       const listener = bounded(TLS_LISTENERS, name);

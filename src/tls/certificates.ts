@@ -42,7 +42,12 @@ function readFile(file: string, path: string, problems: ConfigIssue[]): Buffer |
 }
 
 /** Every certificate of a PEM bundle; a problem when there is none or one does not parse. */
-function parseCertificates(text: Buffer, file: string, path: string, problems: ConfigIssue[]): X509Certificate[] {
+function parseCertificates(
+  text: Buffer,
+  file: string,
+  path: string,
+  problems: ConfigIssue[],
+): X509Certificate[] {
   const blocks = text.toString('latin1').match(PEM_CERTIFICATE) ?? [];
   if (blocks.length === 0) {
     problems.push({ path, message: `${file}: not a PEM certificate (no "BEGIN CERTIFICATE" block)` });
@@ -89,13 +94,17 @@ export function loadTlsMaterial(tls: TlsOptions, path: string, now: Date = new D
   const key = readFile(tls.keyfile, keyPath, problems);
   const ca = tls.client_cafile === undefined ? undefined : readFile(tls.client_cafile, caPath, problems);
 
-  const served = cert === undefined ? undefined : parseCertificates(cert, tls.certfile, certPath, problems)[0];
+  const served =
+    cert === undefined ? undefined : parseCertificates(cert, tls.certfile, certPath, problems)[0];
   const privateKey = key === undefined ? undefined : parseKey(key, tls.keyfile, keyPath, problems);
   if (ca !== undefined && tls.client_cafile !== undefined) {
     parseCertificates(ca, tls.client_cafile, caPath, problems);
   }
   if (served !== undefined && privateKey !== undefined && !served.checkPrivateKey(privateKey)) {
-    problems.push({ path: keyPath, message: `${tls.keyfile}: does not match the certificate in ${tls.certfile}` });
+    problems.push({
+      path: keyPath,
+      message: `${tls.keyfile}: does not match the certificate in ${tls.certfile}`,
+    });
   }
   if (problems.length > 0 || served === undefined || cert === undefined || key === undefined) {
     return { ok: false, problems };

@@ -3,7 +3,7 @@
  * (RFC 8705 `x5t#S256`, what a certificate-bound token's `cnf` names), and the certificate itself (DER and PEM)
  * for a filter that needs more. Only a certificate the listener verified against client_cafile is returned.
  */
-import { createHash, X509Certificate } from 'node:crypto';
+import { createHash, type X509Certificate } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';

@@ -21,7 +21,11 @@ export function tlsListeners(config: ProxyConfig): TlsListenerConfig[] {
   const all: [TlsListenerName, string, TlsOptions | undefined][] = [
     ['proxy', 'listen.tls', config.listen?.tls],
     ['admin', 'admin_listen.tls', config.admin_listen.tls],
-    ['forward_auth', 'forward_auth.listen.tls', config.forward_auth.enabled ? config.forward_auth.listen?.tls : undefined],
+    [
+      'forward_auth',
+      'forward_auth.listen.tls',
+      config.forward_auth.enabled ? config.forward_auth.listen?.tls : undefined,
+    ],
   ];
   return all.flatMap(([listener, path, tls]) => (tls === undefined ? [] : [{ listener, path, tls }]));
 }

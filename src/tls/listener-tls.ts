@@ -7,7 +7,7 @@
  */
 import { type FSWatcher, watch } from 'node:fs';
 import { dirname } from 'node:path';
-import type { Server as TlsServer, TlsOptions as NodeTlsOptions, TLSSocket } from 'node:tls';
+import type { TlsOptions as NodeTlsOptions, TLSSocket, Server as TlsServer } from 'node:tls';
 import type { TlsOptions } from '../config/tls-options.js';
 import { ConfigError } from '../errors.js';
 import type { Logger, TlsHandshakeFailure, TlsListenerName, TlsObserver } from '../observability/observer.js';
@@ -42,7 +42,10 @@ export interface ListenerTls {
 }
 
 /** Why a handshake failed, from the error Node reports and what it knows of the client certificate. */
-export function handshakeFailureReason(error: NodeJS.ErrnoException, socket: TLSSocket | undefined): TlsHandshakeFailure {
+export function handshakeFailureReason(
+  error: NodeJS.ErrnoException,
+  socket: TLSSocket | undefined,
+): TlsHandshakeFailure {
   if (socket?.authorizationError) return 'untrusted_certificate';
   const code = error.code ?? '';
   if (code === 'ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE') return 'no_certificate';

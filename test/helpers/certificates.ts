@@ -4,9 +4,11 @@
  * test process, removed when it exits.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { type Agent, request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { TLSSocket } from 'node:tls';
 
 export interface Issued {
   readonly cert: string;
@@ -136,4 +138,69 @@ export class TestPki {
     ]);
     return { cert, key, serial };
   }
+}
+
+export interface HttpsAnswer {
+  readonly status: number;
+  /** Serial of the certificate the server showed. */
+  readonly serial: string;
+  readonly text: string;
+  /** The client side's port: the same on two answers means the same connection. */
+  readonly localPort: number;
+}
+
+export interface HttpsGetOptions {
+  /** The CA file that must have signed the server's certificate. */
+  readonly ca: string;
+  /** A client certificate to present. */
+  readonly client?: Issued;
+  readonly agent?: Agent;
+  readonly maxVersion?: 'TLSv1.2' | 'TLSv1.3';
+  readonly headers?: Record<string, string>;
+}
+
+/** One https GET (node:https, a new connection unless `agent` keeps one alive). */
+export function httpsGet(url: string, options: HttpsGetOptions): Promise<HttpsAnswer> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      url,
+      {
+        ca: readFileSync(options.ca),
+        ...(options.client === undefined
+          ? {}
+          : { cert: readFileSync(options.client.cert), key: readFileSync(options.client.key) }),
+        ...(options.maxVersion === undefined ? {} : { maxVersion: options.maxVersion }),
+        headers: options.headers ?? {},
+        agent: options.agent ?? false,
+      },
+      (res) => {
+        const socket = res.socket as TLSSocket;
+        const serial = socket.getPeerCertificate().serialNumber;
+        const localPort = socket.localPort ?? 0;
+        let text = '';
+        res.on('data', (chunk: Buffer) => {
+          text += chunk.toString();
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, serial, text, localPort }));
+      },
+    );
+    req.on('error', reject);
+    req.setTimeout(5_000, () => req.destroy(new Error('https request timed out')));
+    req.end();
+  });
+}
+
+/** Retries `read` until `check` passes (file watch events arrive when the kernel sends them), 10 s at most. */
+export async function eventually<T>(read: () => Promise<T>, check: (value: T) => boolean): Promise<T> {
+  let last: T | undefined;
+  for (let i = 0; i < 100; i++) {
+    try {
+      last = await read();
+      if (check(last)) return last;
+    } catch {
+      // not yet (a connection refused while a listener reloads is retried)
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`condition not reached; last: ${JSON.stringify(last)}`);
 }

@@ -5,25 +5,22 @@
  */
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, readFileSync, renameSync, symlinkSync } from 'node:fs';
-import { Agent, request } from 'node:https';
-import type { AddressInfo } from 'node:net';
+import { Agent } from 'node:https';
 import { join } from 'node:path';
-import type { TLSSocket } from 'node:tls';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { TlsOptions } from '../../../src/config/tls-options.js';
 import { silentLogger, type TlsObserver } from '../../../src/observability/observer.js';
 import { createListenerServer, type ListenerServer, listen } from '../../../src/proxy/listeners.js';
 import { clientCertificate } from '../../../src/tls/client-certificate.js';
 import { createListenerTls, type ListenerTls } from '../../../src/tls/listener-tls.js';
-import { type Issued, opensslAvailable, TestPki } from '../../helpers/certificates.js';
-
-interface Answer {
-  readonly status: number;
-  /** Serial of the certificate the server showed. */
-  readonly serial: string;
-  readonly body: Record<string, unknown>;
-  readonly localPort: number;
-}
+import {
+  eventually,
+  type HttpsGetOptions,
+  httpsGet,
+  type Issued,
+  opensslAvailable,
+  TestPki,
+} from '../../helpers/certificates.js';
 
 interface Events {
   failures: string[];
@@ -43,48 +40,9 @@ function recorder(): { events: Events; observer: TlsObserver } {
   };
 }
 
-function get(
-  url: string,
-  options: { ca: string; client?: Issued; agent?: Agent; maxVersion?: 'TLSv1.2' | 'TLSv1.3' },
-): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      `${url}/`,
-      {
-        ca: readFileSync(options.ca),
-        ...(options.client === undefined
-          ? {}
-          : { cert: readFileSync(options.client.cert), key: readFileSync(options.client.key) }),
-        ...(options.maxVersion === undefined ? {} : { maxVersion: options.maxVersion }),
-        agent: options.agent ?? false,
-      },
-      (res) => {
-        const socket = res.socket as TLSSocket;
-        const serial = socket.getPeerCertificate().serialNumber;
-        const localPort = socket.localPort ?? 0;
-        let text = '';
-        res.on('data', (chunk: Buffer) => {
-          text += chunk.toString();
-        });
-        res.on('end', () =>
-          resolve({ status: res.statusCode ?? 0, serial, body: JSON.parse(text), localPort }),
-        );
-      },
-    );
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-/** Retries until `check` passes (file watch events arrive when the kernel sends them). */
-async function eventually<T>(read: () => Promise<T>, check: (value: T) => boolean): Promise<T> {
-  let last: T | undefined;
-  for (let i = 0; i < 100; i++) {
-    last = await read();
-    if (check(last)) return last;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`condition not reached; last: ${JSON.stringify(last)}`);
+async function get(url: string, options: HttpsGetOptions) {
+  const answer = await httpsGet(`${url}/`, options);
+  return { ...answer, body: JSON.parse(answer.text) as Record<string, unknown> };
 }
 
 describe.skipIf(!opensslAvailable())('TLS listener', () => {

@@ -28,7 +28,12 @@ export interface IssueOptions {
   readonly client?: boolean;
 }
 
+/**
+ * Whether the TLS suites can make certificates. They skip without openssl, except in CI (`CI` set), where they run
+ * and fail on the missing command instead (`.ci/run` installs it).
+ */
 export function opensslAvailable(): boolean {
+  if (process.env.CI) return true;
   try {
     execFileSync('openssl', ['version'], { stdio: 'ignore' });
     return true;

@@ -108,7 +108,8 @@ export function createListenerTls(options: ListenerTlsOptions): ListenerTls {
     return true;
   };
 
-  const watchers = options.watch === false ? [] : watchDirectories(tls, options, () => reload('file_change'));
+  const watch =
+    options.watch === false ? undefined : watchDirectories(tls, options, () => reload('file_change'));
 
   return {
     serverOptions: {
@@ -135,13 +136,17 @@ export function createListenerTls(options: ListenerTlsOptions): ListenerTls {
     reload,
     current: () => material,
     close() {
-      for (const watcher of watchers) watcher.close();
-      watchers.length = 0;
+      watch?.close();
     },
   };
 }
 
-function watchDirectories(tls: TlsOptions, options: ListenerTlsOptions, onChange: () => void): FSWatcher[] {
+/** Watches the directories of the files; `close` stops the watches and a reload still pending. */
+function watchDirectories(
+  tls: TlsOptions,
+  options: ListenerTlsOptions,
+  onChange: () => void,
+): { close(): void } {
   const files = [tls.certfile, tls.keyfile, tls.client_cafile].filter((f): f is string => f !== undefined);
   const directories = [...new Set(files.map((file) => dirname(file)))];
   const debounceMs = options.debounceMs ?? 250;
@@ -172,5 +177,10 @@ function watchDirectories(tls: TlsOptions, options: ListenerTlsOptions, onChange
       );
     }
   }
-  return watchers;
+  return {
+    close() {
+      if (timer !== undefined) clearTimeout(timer);
+      for (const watcher of watchers.splice(0)) watcher.close();
+    },
+  };
 }

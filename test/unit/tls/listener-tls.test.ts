@@ -153,6 +153,11 @@ describe.skipIf(!opensslAvailable())('TLS listener', () => {
       code: 'EPROTO',
       message: expect.stringContaining('alert handshake failure'),
     });
+    await eventually(
+      async () => events.failures.length,
+      (n) => n >= 3,
+    );
+    expect(events.failures[2]).toBe('proxy:no_certificate');
   });
 
   it('optional: no certificate is served without one; a certificate that does not verify is refused', async () => {
@@ -162,6 +167,20 @@ describe.skipIf(!opensslAvailable())('TLS listener', () => {
     expect((await get(url, { ca: pki.ca.cert, client })).body.subject).toBe('O=kap-test\nCN=nova-compute');
     await expect(get(url, { ca: pki.ca.cert, client: stranger })).rejects.toThrow();
     expect(events.failures).toEqual(['proxy:untrusted_certificate']);
+  });
+
+  it('plain http on the https port is counted as plain_http', async () => {
+    const { events, observer } = recorder();
+    const url = await start({}, observer);
+    await fetch(url.replace('https:', 'http:')).then(
+      (res) => res.text(),
+      () => undefined,
+    );
+    await eventually(
+      async () => events.failures,
+      (f) => f.length === 1,
+    );
+    expect(events.failures).toEqual(['proxy:plain_http']);
   });
 
   it('min_version TLSv1.3 refuses a TLS 1.2 client, counted as protocol_version', async () => {

@@ -206,6 +206,8 @@ describe('createMetrics', () => {
       'malformed_body',
       'access_rule_denied',
       'bind_rejected',
+      'certificate_missing',
+      'certificate_mismatch',
     ];
     const more = [
       'service_token_invalid',

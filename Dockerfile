@@ -5,8 +5,13 @@
 # The configuration is always read from /etc/keystone-auth-proxy/config.yaml: mount yours there (config/ holds
 # commented examples, also copied into the image under /app/config). Without a mount the CLI exits 2.
 
+# The base is a build argument: node:22-slim for users; a machine without a registry passes a local image with
+# node, npm and a `node` user (uid 1000), as scripts/container-local.sh does in CI:
+#   podman build --build-arg BASE_IMAGE=localhost/keystone-auth-proxy-base:local -t keystone-auth-proxy .
+ARG BASE_IMAGE=node:22-slim
+
 # ---- build: compile TypeScript with the dev dependencies ----
-FROM node:22-slim AS build
+FROM ${BASE_IMAGE} AS build
 WORKDIR /app
 # Manifests first: the npm ci layer is reused until they change.
 COPY package.json package-lock.json ./
@@ -16,7 +21,7 @@ COPY src ./src
 RUN npm run build
 
 # ---- runtime: production dependencies and the compiled output only ----
-FROM node:22-slim
+FROM ${BASE_IMAGE}
 ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./

@@ -39,9 +39,11 @@ USER node
 EXPOSE 8774 9180
 
 # slim has no curl: node's own fetch. Liveness only; Kubernetes should use /readyz for readiness.
+# An admin listener on another port than 9180 needs -e HEALTHCHECK_URL=http://127.0.0.1:<port>/healthz.
+ENV HEALTHCHECK_URL=http://127.0.0.1:9180/healthz
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["node", "-e", \
-    "fetch('http://127.0.0.1:9180/healthz').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+    "fetch(process.env.HEALTHCHECK_URL).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
 
 # SIGTERM drains in-flight requests for shutdown.grace_period_seconds (default 25): give `docker stop -t 30`
 # (Docker waits 10 s by default); Kubernetes' default 30 s grace period already covers it.

@@ -16,6 +16,11 @@ export const BASE_IMAGE = process.env.CONTAINER_BASE_IMAGE ?? 'localhost/keyston
 
 const env = { ...process.env, CONTAINERS_CONF };
 
+/** Where scripts/container-local.sh `service` serves podman's Docker-compatible API. */
+export const DOCKER_HOST =
+  process.env.DOCKER_HOST ??
+  `unix://${process.env.CONTAINER_LOCAL_DIR ?? join(ROOT, '.container-local')}/podman.sock`;
+
 function podmanAnswers(): boolean {
   return spawnSync('podman', ['--version'], { env }).status === 0;
 }

@@ -27,7 +27,8 @@ export interface Ports {
   readonly nova: number;
 }
 
-type Doc = Record<string, any>; // biome-ignore lint/suspicious/noExplicitAny: edits of parsed Kubernetes YAML
+// biome-ignore lint/suspicious/noExplicitAny: edits of parsed Kubernetes YAML, checked by podman itself
+type Doc = Record<string, any>;
 
 export interface PodmanVariant {
   /** The YAML to play: the Deployment and its ConfigMap. */

@@ -47,12 +47,12 @@ describe('deploy/kubernetes/sidecar.yaml', () => {
 
   it('probes the admin listener and exposes the proxy port, Nova only on loopback', () => {
     const port = (name: string) => proxy.ports.find((p: Doc) => p.name === name).containerPort;
-    expect(port('api')).toBe(config.listen.port);
+    expect(port('api')).toBe(config.listen?.port);
     expect(port('admin')).toBe(config.admin_listen.port);
     expect(config.admin_listen.host).toBe('0.0.0.0'); // the kubelet probes the pod's IP
     expect(proxy.livenessProbe.httpGet).toEqual({ path: '/healthz', port: 'admin' });
     expect(proxy.readinessProbe.httpGet).toEqual({ path: '/readyz', port: 'admin' });
-    expect(new URL(config.upstream.url).hostname).toBe('127.0.0.1');
+    expect(new URL(config.upstream?.url ?? '').hostname).toBe('127.0.0.1');
     const service = byKind(all, 'Service');
     expect(service.spec.ports.map((p: Doc) => p.targetPort)).toEqual(['api']);
   });

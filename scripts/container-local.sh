@@ -83,11 +83,16 @@ image_size() { podman image inspect --format '{{.Size}}' "$image"; }
 
 build_image() {
   image_exists "$base_image" || build_base
-  local start end
+  local start end previous
+  previous="$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
   start=$(date +%s)
   # --format docker: the OCI format has no HEALTHCHECK, podman would drop it.
   podman build --format docker --network host --build-arg BASE_IMAGE="$base_image" -t "$image" "$repo" >&2
   end=$(date +%s)
+  # The image this build replaced, now untagged: repeated builds would otherwise pile up 300 MB each.
+  if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$image")" ]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true
+  fi
   log "built $image in $((end - start)) s, $(image_size) bytes"
 }
 

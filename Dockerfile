@@ -1,7 +1,8 @@
 # keystone-auth-proxy sidecar image.
 #   docker build -t keystone-auth-proxy .
-#   docker run -v "$PWD/config/nova.yaml:/etc/keystone-auth-proxy/config.yaml:ro" \
-#     -e NOVA_SERVICE_PASSWORD -p 8774:8774 keystone-auth-proxy
+#   docker run --read-only -v "$PWD/config/nova.yaml:/etc/keystone-auth-proxy/config.yaml:ro" \
+#     -e NOVA_SERVICE_PASSWORD --stop-timeout 30 -p 8774:8774 keystone-auth-proxy
+# (README "Deployment": run flags, the Kubernetes manifests in deploy/kubernetes/, the local-base build.)
 # The configuration is always read from /etc/keystone-auth-proxy/config.yaml: mount yours there (config/ holds
 # commented examples, also copied into the image under /app/config). Without a mount the CLI exits 2.
 

@@ -246,6 +246,11 @@ export const authOptionsSchema = z
       .describe(
         'Answer a token Keystone called invalid with 401 for this long without asking again (never for allow_expired); 0: off.',
       ),
+    client_certificate_header: text
+      .optional()
+      .describe(
+        "oauth2_mtls_token behind an ingress that terminates TLS: the header carrying the verified client certificate (URL-encoded PEM, or base64 DER). Trusted as is: set it only when every request comes through an ingress that overwrites it. Default: the certificate of the proxy's own TLS listener.",
+      ),
     ...Object.fromEntries(IGNORED_KSM_OPTIONS.map((name) => [name, z.unknown().optional()])),
   })
   .strict();
@@ -257,6 +262,8 @@ export type BindMode = 'disabled' | 'permissive' | 'strict' | 'required' | { rea
 
 export interface ResolvedAuthOptions {
   readonly filter: FilterName;
+  /** Lower-case name of the ingress header with the client certificate (oauth2_mtls_token). */
+  readonly clientCertificateHeader: string | undefined;
   readonly wwwAuthenticateUri: string | undefined;
   readonly authUrl: string | undefined;
   readonly authType: 'password' | 'v3applicationcredential';
@@ -460,6 +467,7 @@ export function resolveAuthOptions(input: unknown, context: ResolveContext = {})
   const record = input as Record<string, unknown>;
   return Object.freeze({
     filter: o.filter,
+    clientCertificateHeader: o.client_certificate_header?.toLowerCase(),
     wwwAuthenticateUri: o.www_authenticate_uri ?? o.auth_uri,
     authUrl: o.auth_url,
     authType: o.auth_type === 'v3applicationcredential' ? 'v3applicationcredential' : 'password',

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
 import type { TokenCheck } from '../../../src/auth/decision.js';
@@ -380,6 +381,45 @@ describe('decide: oauth2_token (keystonemiddleware 10.1 OAuth2Protocol)', () => 
     expect(await decide(sent, { ...oauth2, delayAuthDecision: true }, checker({ u: down }))).toEqual({
       action: 'reject',
       reason: 'keystone_unavailable',
+    });
+  });
+});
+
+describe('decide: oauth2_mtls_token', () => {
+  const mtls: DecisionPolicy = { ...policy, filter: 'oauth2_mtls_token' };
+  const der = Buffer.from('not a real certificate, only its bytes are hashed');
+  const pem = `-----BEGIN CERTIFICATE-----\n${der.toString('base64')}\n-----END CERTIFICATE-----\n`;
+  const thumbprint = createHash('sha256').update(der).digest('base64url');
+  const BOUND = info({ userId: 'bound', roles: ['member'] });
+  const bound: TokenInfo = { ...BOUND, certThumbprint: thumbprint };
+  const withCert = (headers: Record<string, string>, certificate = { der, pem }) => ({
+    ...request(headers),
+    clientCertificate: certificate,
+  });
+
+  it('a token bound to the connection certificate → forward, on the full and on the cached path', async () => {
+    const sent = withCert({ authorization: 'Bearer b' });
+    expect((await decide(sent, mtls, checker({ b: valid(bound) }))).action).toBe('forward');
+    expect(decideCachedUser(sent, mtls, () => bound)?.action).toBe('forward');
+  });
+
+  it.each([
+    ['no client certificate', request({ authorization: 'Bearer b' }), 'certificate_missing'],
+    [
+      'another certificate',
+      withCert({ authorization: 'Bearer b' }, { der: Buffer.from('other'), pem: 'other' }),
+      'certificate_mismatch',
+    ],
+  ])('%s → reject (%s), cached or not', async (_name, sent, reason) => {
+    expect(await decide(sent, mtls, checker({ b: valid(bound) }))).toEqual({ action: 'reject', reason });
+    expect(decideCachedUser(sent, mtls, () => bound)).toEqual({ action: 'reject', reason });
+  });
+
+  it('a token without oauth2_credential is refused (a plain Keystone token is not bound)', async () => {
+    const sent = withCert({ authorization: 'Bearer u' });
+    expect(await decide(sent, mtls, checker({ u: valid(USER) }))).toEqual({
+      action: 'reject',
+      reason: 'certificate_mismatch',
     });
   });
 });

@@ -178,6 +178,13 @@ export function exposedNames(text: string): Set<string> {
   return names;
 }
 
+/** Series names that have at least one sample in a /metrics text (a TYPE line alone is not data). */
+export function sampledNames(text: string): Set<string> {
+  const names = new Set<string>();
+  for (const match of text.matchAll(/^([a-zA-Z_:][\w:]*)(?:\{| )/gm)) names.add(match[1] as string);
+  return names;
+}
+
 /**
  * Metric names defined in src/observability/metrics.ts (`new Histogram({ name: name('…') …`), with the prefix:
  * the metrics the proxy can export, also those that only appear once a feature (TLS, memcached) is configured.

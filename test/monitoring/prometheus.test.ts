@@ -181,6 +181,16 @@ describe.skipIf(skip)(
         }
       }
 
+      // Both workers of the cluster served some of it: the host's figures below add up two processes' counters.
+      await eventually('request log lines of both workers', async () => {
+        const pids = new Set(
+          proxy('cluster')
+            .logs.filter((l) => l.msg === 'request')
+            .map((l) => l.pid),
+        );
+        return pids.size === 2 ? pids : undefined;
+      });
+
       const expected: Record<keyof typeof series, number> = {
         confirmed: 2 * VALID,
         rejected: INVALID,

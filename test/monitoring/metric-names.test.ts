@@ -73,6 +73,51 @@ describe('PromQL metric names', () => {
   });
 });
 
+describe('the Grafana dashboard file', () => {
+  // biome-ignore lint/suspicious/noTemplateCurlyInString: Grafana's variable syntax, not a JS template
+  const DATASOURCE = '${datasource}';
+  interface Panel {
+    id: number;
+    type: string;
+    title: string;
+    gridPos: { x: number; y: number; w: number; h: number };
+    datasource?: { uid: string };
+    targets?: { datasource?: { uid: string } }[];
+  }
+  const dashboard = JSON.parse(readFileSync(DASHBOARD_FILE, 'utf8')) as {
+    uid: string;
+    panels: Panel[];
+    templating: { list: { name: string }[] };
+  };
+
+  it('has a stable uid, the datasource/job/instance variables, and every query on the chosen data source', () => {
+    expect(dashboard.uid).toBe('keystone-auth-proxy');
+    expect(dashboard.templating.list.map((v) => v.name)).toEqual(['datasource', 'job', 'instance']);
+    const queries = dashboard.panels.filter((p) => p.type !== 'row');
+    expect(queries.filter((p) => p.datasource?.uid !== DATASOURCE).map((p) => p.title)).toEqual([]);
+    const targets = queries.flatMap((p) => p.targets ?? []);
+    expect(targets.filter((t) => t.datasource?.uid !== DATASOURCE)).toEqual([]);
+  });
+
+  it('panels have unique ids and fit the 24-column grid without overlapping', () => {
+    const ids = dashboard.panels.map((p) => p.id);
+    expect(new Set(ids).size).toBe(ids.length);
+    const cells = new Map<string, string>();
+    const clashes: string[] = [];
+    for (const { title, gridPos } of dashboard.panels) {
+      expect({ title, fits: gridPos.x >= 0 && gridPos.x + gridPos.w <= 24 }).toEqual({ title, fits: true });
+      for (let x = gridPos.x; x < gridPos.x + gridPos.w; x++) {
+        for (let y = gridPos.y; y < gridPos.y + gridPos.h; y++) {
+          const owner = cells.get(`${x},${y}`);
+          if (owner !== undefined) clashes.push(`${title} / ${owner}`);
+          cells.set(`${x},${y}`, title);
+        }
+      }
+    }
+    expect([...new Set(clashes)]).toEqual([]);
+  });
+});
+
 const skip = !cliBuilt() || skipWithoutPrometheus();
 
 describe.skipIf(skip)('rules and dashboard against a real /metrics scrape', () => {

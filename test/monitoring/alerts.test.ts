@@ -2,13 +2,15 @@
  * The shipped alerts fire on what a real proxy exports when things really go wrong, not only on promtool's
  * synthetic series: a real Prometheus evaluates deploy/prometheus/rules.yml (with every `for:` shortened to 0 s, the
  * only change, so the test waits for seconds instead of minutes) against a running CLI while the Keystone emulator
- * turns slow, then fails, and finally the proxy stops. Each step polls Prometheus' /api/v1/alerts until the alert
+ * turns slow, then fails, and finally the proxy stops; and on listeners whose certificates (made with openssl) expire
+ * in 5 days or expired yesterday. Each step polls Prometheus' /api/v1/alerts until the alert
  * fires (deadline 30 s); nothing sleeps to assert timing.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { opensslAvailable, TestPki } from '../helpers/certificates.js';
 import { type CliRun, cliBuilt, sidecarYaml, startCli, writeConfig } from '../helpers/cli.js';
 import { listen, type Running } from '../helpers/http.js';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../helpers/keystone-emulator.js';
@@ -155,6 +157,76 @@ describe.skipIf(skip)(
       await proxy.stop();
       const alerts = await driveUntilFiring(['KeystoneAuthProxyDown'], async () => undefined);
       expect(alerts).toContain('KeystoneAuthProxyDown');
+    });
+  },
+);
+
+describe.skipIf(skip || !opensslAvailable())(
+  'the certificate alerts against real TLS listeners',
+  { timeout: 60_000 },
+  () => {
+    let keystone: KeystoneEmulator;
+    let upstream: Running;
+    let prometheus: Prometheus;
+    let proxy: CliRun;
+    let rulesDir: string;
+
+    beforeAll(async () => {
+      keystone = await startKeystoneEmulator();
+      upstream = await listen(createUpstream({ upgrades: 0, lastUpgradeHeaders: undefined }));
+      const pki = new TestPki();
+      const soon = pki.issue('expires-soon', { days: 5 });
+      const expired = pki.issue('expired', { days: -1 });
+      const yaml = sidecarYaml({
+        keystoneUrl: keystone.url,
+        upstreamUrl: upstream.url,
+        responseTimeoutSeconds: 5,
+        keystoneTimeoutSeconds: 1,
+        authtoken: ['revocation_poll_interval_seconds: 0'],
+        // The admin listener stays plain http: Prometheus scrapes it without a CA.
+        rest: `workers: 1
+forward_auth:
+  enabled: true
+  listen: { host: 127.0.0.1, port: 0, tls: { certfile: ${expired.cert}, keyfile: ${expired.key} } }
+`,
+      }).replace(
+        /^listen: \{ host: 127\.0\.0\.1, port: 0 \}$/m,
+        `listen: { host: 127.0.0.1, port: 0, tls: { certfile: ${soon.cert}, keyfile: ${soon.key} } }`,
+      );
+      expect(yaml).toContain(soon.cert);
+      proxy = await startCli(['--config', writeConfig(yaml)], ENV);
+      rulesDir = mkdtempSync(join(tmpdir(), 'kap-alerts-'));
+      writeFileSync(
+        join(rulesDir, 'rules.yml'),
+        readFileSync(RULES_FILE, 'utf8').replace(/^(\s+)for: \S+$/gm, '$1for: 0s'),
+      );
+      const target = { address: new URL(proxy.adminUrl).host, labels: {} };
+      prometheus = await startPrometheus(prometheusConfig([target], [join(rulesDir, 'rules.yml')]));
+    }, 90_000);
+    afterAll(async () => {
+      await prometheus?.stop();
+      await proxy?.stop();
+      await upstream?.close();
+      await keystone?.close();
+      if (rulesDir) rmSync(rulesDir, { recursive: true, force: true });
+    });
+
+    it('5 days left on the proxied port fires ExpiresSoon for it; expired on forward-auth fires Expired for that one', async () => {
+      let last: Alert[] = [];
+      const alerts = await eventually(
+        'both certificate alerts firing',
+        async () => {
+          const { alerts: all } = await prometheus.api<{ alerts: Alert[] }>('alerts');
+          last = all.filter((a) => a.state === 'firing');
+          return last.length >= 2 ? last : undefined;
+        },
+        30,
+        () => `firing: ${JSON.stringify(last.map((a) => a.labels))}`,
+      );
+      expect(alerts.map((a) => [a.labels.alertname, a.labels.listener]).sort()).toEqual([
+        ['KeystoneAuthProxyCertificateExpired', 'forward_auth'],
+        ['KeystoneAuthProxyCertificateExpiresSoon', 'proxy'],
+      ]);
     });
   },
 );

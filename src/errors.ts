@@ -59,6 +59,8 @@ export type InvalidTokenReason =
   | 'malformed_body'
   | 'access_rule_denied'
   | 'bind_rejected'
+  | 'certificate_missing'
+  | 'certificate_mismatch'
   | 'service_token_invalid'
   | 'service_token_roles'
   | 'keystone_unavailable';

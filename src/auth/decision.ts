@@ -3,12 +3,13 @@
  * gate decides allow_expired), then the user token (expiry, access rules, bind), then allow, reject or delegate.
  */
 
-import type { BindMode } from '../config/auth-options.js';
+import type { BindMode, FilterName } from '../config/auth-options.js';
 import type { InvalidTokenReason, KeystoneUnavailableError } from '../errors.js';
 import type { TokenInfo } from '../keystone/token-info.js';
 import { checkAccessRules } from './access-rules.js';
+import { certificateBinding, type PresentedCertificate } from './certificate-binding.js';
 import type { HeaderBag } from './extract.js';
-import { extractTokens } from './extract.js';
+import { extractFor } from './extract.js';
 
 /** Where a valid identity came from (for logs and the `cache` outcome). */
 export type TokenSource = 'cache' | 'shared' | 'keystone' | 'stale';
@@ -40,6 +41,8 @@ export type Decision =
   | { readonly action: 'unavailable'; readonly error: KeystoneUnavailableError };
 
 export interface DecisionPolicy {
+  /** oauth2_token never forwards an unconfirmed request; delay_auth_decision only turns its 503 into 401. */
+  readonly filter: FilterName;
   readonly delayAuthDecision: boolean;
   readonly serviceTokenRoles: readonly string[];
   readonly serviceTokenRolesRequired: boolean;
@@ -52,6 +55,8 @@ export interface RequestFacts {
   /** Path without the query string. */
   readonly path: string;
   readonly headers: HeaderBag;
+  /** The client certificate of the connection (verified by the listener) or of a trusted ingress header. */
+  readonly clientCertificate?: PresentedCertificate | undefined;
 }
 
 export type CheckToken = (token: string, allowExpired: boolean) => Promise<TokenCheck>;
@@ -83,8 +88,9 @@ export async function decide(
   check: CheckToken,
   onServiceRoleBypass?: () => void,
 ): Promise<Decision> {
-  const tokens = extractTokens(request.headers);
+  const tokens = extractFor(policy.filter, request.headers);
   const delay = policy.delayAuthDecision;
+  const forwardUnconfirmed = forwardsUnconfirmed(policy);
   let service: TokenVerdict | undefined;
   let allowExpired = false;
 
@@ -129,7 +135,7 @@ export async function decide(
   }
 
   const confirmed = user.status === 'Confirmed' && (service === undefined || service.status === 'Confirmed');
-  if (!confirmed && !delay) {
+  if (!confirmed && !forwardUnconfirmed) {
     return {
       action: 'reject',
       reason: user.status === 'Invalid' ? (user.reason ?? 'missing') : 'service_token_invalid',
@@ -147,15 +153,20 @@ export function decideCachedUser(
   policy: DecisionPolicy,
   lookup: (token: string) => TokenInfo | undefined,
 ): Decision | undefined {
-  const tokens = extractTokens(request.headers);
+  const tokens = extractFor(policy.filter, request.headers);
   if (tokens.service !== undefined || tokens.user === undefined || tokens.user.length === 0) return undefined;
   const info = lookup(tokens.user);
   if (info === undefined) return undefined;
   const user = confirmUser(info, request, policy, false);
-  if (user.status !== 'Confirmed' && !policy.delayAuthDecision) {
+  if (user.status !== 'Confirmed' && !forwardsUnconfirmed(policy)) {
     return { action: 'reject', reason: user.reason ?? 'missing' };
   }
   return { action: 'forward', user, service: undefined };
+}
+
+/** delay_auth_decision lets auth_token forward with X-Identity-Status: Invalid; oauth2_token rejects anyway. */
+function forwardsUnconfirmed(policy: DecisionPolicy): boolean {
+  return policy.delayAuthDecision && policy.filter === 'auth_token';
 }
 
 function confirmUser(
@@ -175,6 +186,11 @@ function confirmUser(
   // keystonemiddleware skips the user token's bind check when a service token vouches for the request.
   if (!hasServiceToken && !bindAllows(info.bind, policy.enforceTokenBind)) {
     return { status: 'Invalid', reason: 'bind_rejected' };
+  }
+  if (policy.filter === 'oauth2_mtls_token') {
+    const binding = certificateBinding(info.certThumbprint, request.clientCertificate);
+    if (binding === 'no_certificate') return { status: 'Invalid', reason: 'certificate_missing' };
+    if (binding !== 'bound') return { status: 'Invalid', reason: 'certificate_mismatch' };
   }
   return { status: 'Confirmed', info };
 }

@@ -92,8 +92,23 @@ export const IGNORED_KSM_OPTIONS: readonly string[] = [
   'log_name',
 ];
 
+/**
+ * keystonemiddleware's paste filters this engine can act as. Not a `[keystone_authtoken]` option there (it is the
+ * filter's name in the paste pipeline); here an option of the engine, and the sidecar YAML's top-level `filter`.
+ */
+export const FILTERS = ['auth_token', 'oauth2_token', 'oauth2_mtls_token'] as const;
+export type FilterName = (typeof FILTERS)[number];
+
+export const filterSchema = z
+  .enum(FILTERS)
+  .default('auth_token')
+  .describe(
+    "Which keystonemiddleware filter to act as: auth_token (X-Auth-Token, X-Service-Token), oauth2_token (Keystone's OAuth2 client-credentials tokens, or any Keystone token, from Authorization: Bearer) or oauth2_mtls_token (the same, bound to the client's TLS certificate).",
+  );
+
 export const authOptionsSchema = z
   .object({
+    filter: filterSchema,
     www_authenticate_uri: url
       .optional()
       .describe(
@@ -231,6 +246,11 @@ export const authOptionsSchema = z
       .describe(
         'Answer a token Keystone called invalid with 401 for this long without asking again (never for allow_expired); 0: off.',
       ),
+    client_certificate_header: text
+      .optional()
+      .describe(
+        "oauth2_mtls_token behind an ingress that terminates TLS: the header carrying the verified client certificate (URL-encoded PEM, or base64 DER). Trusted as is: set it only when every request comes through an ingress that overwrites it. Default: the certificate of the proxy's own TLS listener.",
+      ),
     ...Object.fromEntries(IGNORED_KSM_OPTIONS.map((name) => [name, z.unknown().optional()])),
   })
   .strict();
@@ -241,6 +261,9 @@ type Parsed = z.output<typeof authOptionsSchema>;
 export type BindMode = 'disabled' | 'permissive' | 'strict' | 'required' | { readonly name: string };
 
 export interface ResolvedAuthOptions {
+  readonly filter: FilterName;
+  /** Lower-case name of the ingress header with the client certificate (oauth2_mtls_token). */
+  readonly clientCertificateHeader: string | undefined;
   readonly wwwAuthenticateUri: string | undefined;
   readonly authUrl: string | undefined;
   readonly authType: 'password' | 'v3applicationcredential';
@@ -443,6 +466,8 @@ export function resolveAuthOptions(input: unknown, context: ResolveContext = {})
   }
   const record = input as Record<string, unknown>;
   return Object.freeze({
+    filter: o.filter,
+    clientCertificateHeader: o.client_certificate_header?.toLowerCase(),
     wwwAuthenticateUri: o.www_authenticate_uri ?? o.auth_uri,
     authUrl: o.auth_url,
     authType: o.auth_type === 'v3applicationcredential' ? 'v3applicationcredential' : 'password',
@@ -485,7 +510,7 @@ export interface OptionDoc {
 export function describeAuthOptions(): OptionDoc[] {
   const defaults = authOptionsSchema.parse({});
   return Object.entries(authOptionsSchema.shape)
-    .filter(([name]) => !IGNORED_KSM_OPTIONS.includes(name))
+    .filter(([name]) => !IGNORED_KSM_OPTIONS.includes(name) && name !== 'filter')
     .map(([name, schema]) => {
       const value = (defaults as Record<string, unknown>)[name];
       return {

@@ -7,7 +7,8 @@ import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
-import { type AuthOptionsInput, authOptionsSchema } from './auth-options.js';
+import { type AuthOptionsInput, authOptionsSchema, filterSchema } from './auth-options.js';
+import { tlsSchema } from './tls-options.js';
 
 const numberLike = z.union([
   z.number(),
@@ -28,6 +29,7 @@ const listenSchema = z
   .object({
     host: z.string().min(1).default('0.0.0.0').describe('Address to listen on.'),
     port: port.describe('TCP port (0 picks a free one).'),
+    tls: tlsSchema.optional().describe('Serve https on this listener (README "TLS"); default: plain http.'),
   })
   .strict();
 
@@ -78,9 +80,11 @@ export const proxyConfigSchema = z
     admin_listen: listenSchema
       .default({ host: '127.0.0.1', port: 9180 })
       .describe('Where /metrics, /healthz and /readyz are served; never the proxied port.'),
-    keystone_authtoken: authOptionsSchema.describe(
-      'keystonemiddleware [keystone_authtoken] options, verbatim.',
-    ),
+    filter: filterSchema,
+    // `filter` is the file's top-level key, as the paste filter is not a [keystone_authtoken] option.
+    keystone_authtoken: authOptionsSchema
+      .omit({ filter: true })
+      .describe('keystonemiddleware [keystone_authtoken] options, verbatim.'),
     public_routes: z
       .array(
         z
@@ -168,6 +172,11 @@ export const proxyConfigSchema = z
 export type ProxyConfig = z.output<typeof proxyConfigSchema>;
 export type ProxyConfigInput = z.input<typeof proxyConfigSchema>;
 export type { AuthOptionsInput };
+
+/** The engine's options: the `keystone_authtoken` section with the file's top-level `filter`. */
+export function authInputOf(config: ProxyConfig): AuthOptionsInput {
+  return { ...config.keystone_authtoken, filter: config.filter };
+}
 
 type Env = Readonly<Record<string, string | undefined>>;
 

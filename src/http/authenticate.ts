@@ -6,6 +6,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
+import type { PresentedCertificate } from '../auth/certificate-binding.js';
 import {
   type Decision,
   type DecisionPolicy,
@@ -14,6 +15,7 @@ import {
   type RequestFacts,
   type TokenVerdict,
 } from '../auth/decision.js';
+import { forwardedCertificate } from '../auth/forwarded-certificate.js';
 import {
   type AuthOptionsInput,
   type ResolvedAuthOptions,
@@ -116,6 +118,7 @@ export function createEngine(
 ): Authenticator {
   const wwwAuthenticateUri = options.wwwAuthenticateUri ?? options.authUrl ?? '';
   const policy: DecisionPolicy = {
+    filter: options.filter,
     delayAuthDecision: options.delayAuthDecision,
     serviceTokenRoles: options.serviceTokenRoles,
     serviceTokenRolesRequired: options.serviceTokenRolesRequired,
@@ -124,6 +127,7 @@ export function createEngine(
   };
   const outcomes = new OutcomeBuilder(
     options.includeServiceCatalog,
+    options.filter === 'auth_token',
     unauthorizedResponse(wwwAuthenticateUri),
   );
   const onServiceRoleBypass = onceWarning(
@@ -132,6 +136,7 @@ export function createEngine(
     'accepted a service token without a service role',
   );
   const lookupCached = (token: string): TokenInfo | undefined => state.checkCached(token);
+  const withForwardedCertificate = forwardedCertificateReader(options);
 
   /** Every other case: service tokens, misses, allow_expired, delay_auth_decision on a failure. */
   const authenticateFully = async (request: RequestFacts, started: number): Promise<AuthOutcome> => {
@@ -153,8 +158,9 @@ export function createEngine(
     wwwAuthenticate: wwwAuthenticateValue(wwwAuthenticateUri),
     state,
     revocation: state instanceof HostIdentityState ? state.revocation : undefined,
-    authenticate(request) {
+    authenticate(facts) {
       const started = performance.now();
+      const request = withForwardedCertificate(facts);
       // A cached user token alone (the bulk of the traffic): decided without a single await.
       const cached = decideCachedUser(request, policy, lookupCached);
       if (cached !== undefined) {
@@ -168,6 +174,31 @@ export function createEngine(
     ready: () => state.ready(),
     warmUp: () => state.warmUp(),
     close: () => state.close(),
+  };
+}
+
+/**
+ * oauth2_mtls_token behind a TLS-terminating ingress: the certificate comes from its header instead of the
+ * listener. Parsed once per distinct value (a client keeps its certificate for many requests).
+ */
+function forwardedCertificateReader(options: ResolvedAuthOptions): (request: RequestFacts) => RequestFacts {
+  const header = options.clientCertificateHeader;
+  if (header === undefined || options.filter !== 'oauth2_mtls_token') return (request) => request;
+  const parsed = new LRUCache<string, { certificate: PresentedCertificate | undefined }>({ max: 256 });
+  return (request) => {
+    const value = request.headers[header];
+    const text = typeof value === 'string' ? value : undefined;
+    let entry = text === undefined ? undefined : parsed.get(text);
+    if (entry === undefined) {
+      entry = { certificate: forwardedCertificate(text) };
+      if (text !== undefined) parsed.set(text, entry);
+    }
+    return {
+      method: request.method,
+      path: request.path,
+      headers: request.headers,
+      clientCertificate: entry.certificate,
+    };
   };
 }
 
@@ -194,6 +225,8 @@ function contextOf(user: TokenVerdict, service: TokenVerdict | undefined): AuthC
 /** Decision → outcome. Every outcome is spelled out (no spread): one object shape, no clone per request. */
 class OutcomeBuilder {
   readonly #includeCatalog: boolean;
+  /** X-Identity-Status: auth_token sets it, oauth2_token does not. */
+  readonly #identityStatus: boolean;
   readonly #unauthorized: PreparedResponse;
   /**
    * Bounded, not one per cached identity: the built headers cost about 1.9 KB an identity (190 MB for 100k
@@ -205,8 +238,9 @@ class OutcomeBuilder {
     },
   );
 
-  constructor(includeCatalog: boolean, unauthorized: PreparedResponse) {
+  constructor(includeCatalog: boolean, identityStatus: boolean, unauthorized: PreparedResponse) {
     this.#includeCatalog = includeCatalog;
+    this.#identityStatus = identityStatus;
     this.#unauthorized = unauthorized;
   }
 
@@ -245,6 +279,7 @@ class OutcomeBuilder {
               user: user.info,
               service: service?.info,
               includeServiceCatalog: this.#includeCatalog,
+              identityStatus: this.#identityStatus,
             }),
             context: contextOf(user, service),
           };
@@ -267,6 +302,7 @@ class OutcomeBuilder {
             userStatus: 'Confirmed',
             user: info,
             includeServiceCatalog: this.#includeCatalog,
+            identityStatus: this.#identityStatus,
           }),
         ),
         context: contextOf(user, undefined),

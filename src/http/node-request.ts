@@ -10,6 +10,7 @@ import {
   stripIdentityRawHeaders,
   WWW_AUTHENTICATE_HEADER,
 } from '../identity/headers.js';
+import { clientCertificate } from '../tls/client-certificate.js';
 import type { PreparedResponse } from './responses.js';
 
 /** Path without the query string; an absolute-form target (`GET http://host/path`) counts by its path. */
@@ -47,7 +48,13 @@ export function stripRequestIdentity(req: IncomingMessage): void {
 }
 
 export function requestFacts(req: IncomingMessage, path = requestPath(req.url)): RequestFacts {
-  return { method: req.method ?? 'GET', path, headers: req.headers };
+  // The listener's verified client certificate (mutual TLS), kept per connection; none on plain http.
+  return {
+    method: req.method ?? 'GET',
+    path,
+    headers: req.headers,
+    clientCertificate: clientCertificate(req),
+  };
 }
 
 const lowerNames = new Map<string, string>();

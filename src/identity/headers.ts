@@ -122,6 +122,8 @@ export interface IdentityHeaderInput {
   readonly user?: TokenInfo | undefined;
   readonly service?: TokenInfo | undefined;
   readonly includeServiceCatalog: boolean;
+  /** false: no X-Identity-Status (keystonemiddleware's oauth2_token never sets it). Default true. */
+  readonly identityStatus?: boolean;
 }
 
 function scopeHeaders(out: HeaderPair[], info: TokenInfo, prefix: string): void {
@@ -137,7 +139,7 @@ function scopeHeaders(out: HeaderPair[], info: TokenInfo, prefix: string): void 
  * value keystonemiddleware leaves as None are omitted.
  */
 export function identityHeaders(input: IdentityHeaderInput): HeaderPair[] {
-  const out: HeaderPair[] = [[USER_STATUS, input.userStatus]];
+  const out: HeaderPair[] = input.identityStatus === false ? [] : [[USER_STATUS, input.userStatus]];
   if (input.serviceStatus !== undefined) out.push([SERVICE_STATUS, input.serviceStatus]);
   const { user, service } = input;
   if (input.userStatus === 'Confirmed' && user !== undefined) {

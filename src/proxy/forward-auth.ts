@@ -84,6 +84,7 @@ export function createForwardAuthHandler(options: ForwardAuthOptions): ForwardAu
             {
               requestId,
               forwardAuth: true,
+              filter: authenticator.options.filter,
               method: original.method,
               path: original.path,
               status,

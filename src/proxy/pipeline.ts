@@ -62,6 +62,7 @@ export interface Pipeline {
 export function createPipeline(options: PipelineOptions): Pipeline {
   const { config, authenticator, forwarder, logger, metrics, draining } = options;
   const isPublic = createRouteMatcher(config.public_routes);
+  const { filter } = authenticator.options;
   const maxBody = config.limits.max_body_bytes;
   const tooLarge = errorResponse(413, reasonOf(413), `The request body exceeds ${maxBody} bytes.`);
 
@@ -103,6 +104,7 @@ export function createPipeline(options: PipelineOptions): Pipeline {
       status,
       durationMs: Math.round(seconds * 100_000) / 100,
       decision: exchange.decision,
+      filter,
       userId: context?.user?.userId,
       projectId: context?.user?.projectId,
       reason: outcome?.action === 'respond' ? outcome.reason : context?.reason,

@@ -21,6 +21,7 @@ import {
   authTokenOptions,
   freePort,
   type KsmCredentials,
+  type KsmFilter,
   type KsmOptions,
   ksmAvailable,
   type RunningKsm,
@@ -33,6 +34,7 @@ import {
   type Issued,
   keystoneAvailable,
   keystoneUrl,
+  oauth2AccessToken,
   passwordToken,
   revokeToken,
   shortLivedUrl,
@@ -220,6 +222,10 @@ const trustToken = () =>
     passwordToken(f.trust.trustee.user, f.trust.trustee.password, { 'OS-TRUST:trust': { id: f.trust.id } }),
   );
 const GARBAGE = 'gAAAAABgarbage-not-a-fernet-token';
+/** Keystone's OAuth2 client-credentials grant with an application credential's id and secret. */
+const oauth2AppCred = () => oauth2AccessToken(f.appCred.id, f.appCred.secret);
+const oauth2Ruled = () => oauth2AccessToken(f.appCredRules.id, f.appCredRules.secret);
+const bearer = (token: string): string => `Bearer ${token}`;
 
 /** Short-lived tokens (KEYSTONE_SHORT_URL), issued first so their lifetime runs out while other cases run. */
 interface ShortLived {
@@ -269,6 +275,8 @@ interface Case {
 
 interface OptionSet {
   readonly name: string;
+  /** keystonemiddleware's paste filter on its side, the top-level `filter` on ours; default auth_token. */
+  readonly filter?: KsmFilter;
   readonly options: KsmOptions;
   /** Point both sides at a port nobody listens on. */
   readonly keystoneDown?: boolean;
@@ -697,6 +705,172 @@ const SETS: readonly OptionSet[] = [
       },
     ],
   },
+  {
+    name: 'oauth2',
+    filter: 'oauth2_token',
+    options: { service_token_roles_required: false },
+    cases: [
+      { name: 'no Authorization header', status: 401, send: async () => get({}) },
+      {
+        name: 'Bearer: an OS-OAUTH2 access token (application credential)',
+        status: 200,
+        send: async () => get({ Authorization: bearer(await oauth2AppCred()) }),
+      },
+      {
+        name: 'Bearer: any Keystone token (password, project-scoped)',
+        status: 200,
+        send: async () => get({ Authorization: bearer(await projectToken()) }),
+      },
+      {
+        name: 'Bearer: a system-scoped token',
+        status: 200,
+        send: async () => get({ Authorization: bearer(await systemToken()) }),
+      },
+      {
+        name: 'Bearer: a domain-scoped token',
+        status: 200,
+        send: async () => get({ Authorization: bearer(await domainToken()) }),
+      },
+      {
+        name: 'Bearer, POST with a body',
+        status: 200,
+        send: async () => ({
+          method: 'POST',
+          path: '/v1/things',
+          headers: { Authorization: bearer(await oauth2AppCred()), 'Content-Type': 'application/json' },
+          body: JSON.stringify({ thing: { name: 'x' } }),
+        }),
+      },
+      {
+        name: 'HEAD without a token',
+        status: 401,
+        send: async () => ({ method: 'HEAD', path: '/v1/things', headers: {} }),
+      },
+      {
+        name: 'X-Auth-Token with a valid token, no Authorization',
+        status: 401,
+        send: async () => get({ 'X-Auth-Token': await projectToken() }),
+      },
+      {
+        name: 'lower-case scheme: bearer <valid token>',
+        status: 401,
+        send: async () => get({ Authorization: `bearer ${await oauth2AppCred()}` }),
+      },
+      {
+        name: 'Basic credentials instead of a Bearer token',
+        status: 401,
+        send: async () => get({ Authorization: `Basic ${Buffer.from('a:b').toString('base64')}` }),
+      },
+      {
+        name: 'Bearer with nothing after it',
+        status: 401,
+        send: async () => get({ Authorization: 'Bearer' }),
+      },
+      { name: 'Bearer garbage', status: 401, send: async () => get({ Authorization: bearer(GARBAGE) }) },
+      {
+        name: 'Bearer garbage + valid X-Auth-Token',
+        status: 401,
+        send: async () => get({ Authorization: bearer(GARBAGE), 'X-Auth-Token': await projectToken() }),
+      },
+      {
+        name: 'Bearer valid + valid X-Service-Token (not read: no service headers)',
+        status: 200,
+        send: async () =>
+          get({ Authorization: bearer(await oauth2AppCred()), 'X-Service-Token': await serviceToken() }),
+      },
+      {
+        name: 'Bearer valid + garbage X-Service-Token (not read)',
+        status: 200,
+        send: async () => get({ Authorization: bearer(await oauth2AppCred()), 'X-Service-Token': GARBAGE }),
+      },
+      {
+        name: 'access-rule app cred via OS-OAUTH2, allowed method and path',
+        status: 200,
+        send: async () => get({ Authorization: bearer(await oauth2Ruled()) }, '/allowed/thing'),
+      },
+      {
+        name: 'access-rule app cred via OS-OAUTH2, path outside the rule',
+        status: 401,
+        send: async () => get({ Authorization: bearer(await oauth2Ruled()) }, '/denied/thing'),
+      },
+      {
+        name: 'revoked token',
+        status: 401,
+        send: async () => {
+          const token = await projectToken();
+          await revokeToken(token);
+          return get({ Authorization: bearer(token) });
+        },
+      },
+      {
+        name: 'spoofed identity headers + valid Bearer token',
+        status: 200,
+        send: async () => get({ ...SPOOFED, Authorization: bearer(await oauth2AppCred()) }),
+      },
+      {
+        name: 'spoofed underscore identity headers + valid Bearer token',
+        status: 200,
+        send: async () => get({ ...SPOOFED_UNDERSCORE, Authorization: bearer(await oauth2AppCred()) }),
+      },
+      { name: 'spoofed identity headers, no token', status: 401, send: async () => get({ ...SPOOFED }) },
+      {
+        name: 'the application answers 401 (WWW-Authenticate added)',
+        status: 401,
+        send: async () => get({ Authorization: bearer(await oauth2AppCred()) }, '/status/401'),
+      },
+      {
+        name: 'the application answers 403 (untouched)',
+        status: 403,
+        send: async () => get({ Authorization: bearer(await oauth2AppCred()) }, '/status/403'),
+      },
+    ],
+  },
+  {
+    name: 'oauth2-delay',
+    filter: 'oauth2_token',
+    options: { service_token_roles_required: false, delay_auth_decision: true },
+    cases: [
+      {
+        name: 'no token (not forwarded: oauth2_token ignores delay_auth_decision)',
+        status: 401,
+        send: async () => get({}),
+      },
+      { name: 'Bearer garbage', status: 401, send: async () => get({ Authorization: bearer(GARBAGE) }) },
+      {
+        name: 'valid Bearer token',
+        status: 200,
+        send: async () => get({ Authorization: bearer(await oauth2AppCred()) }),
+      },
+    ],
+  },
+  {
+    name: 'oauth2-down',
+    filter: 'oauth2_token',
+    options: { service_token_roles_required: true, http_request_max_retries: 0 },
+    keystoneDown: true,
+    cases: [
+      {
+        name: 'Bearer token while Keystone is unreachable',
+        status: 503,
+        send: async () => get({ Authorization: bearer(await oauth2AppCred()) }),
+        differences: [3],
+      },
+      { name: 'no token while Keystone is unreachable', status: 401, send: async () => get({}) },
+    ],
+  },
+  {
+    name: 'oauth2-down-delay',
+    filter: 'oauth2_token',
+    options: { service_token_roles_required: true, http_request_max_retries: 0, delay_auth_decision: true },
+    keystoneDown: true,
+    cases: [
+      {
+        name: 'Bearer token while Keystone is unreachable (401, not forwarded)',
+        status: 401,
+        send: async () => get({ Authorization: bearer(await oauth2AppCred()) }),
+      },
+    ],
+  },
 ];
 
 // --- sending and comparing
@@ -847,12 +1021,13 @@ async function startSides(set: OptionSet): Promise<Sides> {
     listen: { host: '127.0.0.1', port: 0 },
     upstream: { url: upstream.url },
     admin_listen: { host: '127.0.0.1', port: 0 },
+    filter: set.filter ?? 'auth_token',
     keystone_authtoken: authTokenOptions(credentials, set.options),
     log: { level: 'info' },
   };
   // JSON is YAML: no quoting to get wrong.
   const [ksm, ours] = await Promise.allSettled([
-    startKsm(credentials, set.options),
+    startKsm(credentials, set.options, undefined, set.filter),
     startCli(['--config', writeConfig(JSON.stringify(config, null, 2))]),
   ]);
   if (ksm.status === 'rejected' || ours.status === 'rejected') {

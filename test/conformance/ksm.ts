@@ -85,12 +85,20 @@ export function ksmConf(section: Record<string, OptionValue>): string {
  * The WSGI entry point. The echo app turns `HTTP_X_USER_ID` back into `X-User-Id`; keystonemiddleware leaves
  * headers it "unsets" in the environ as None, which an HTTP hop would drop, so None values are left out.
  */
-export function wsgiFile(confFile: string): string {
+export type KsmFilter = 'auth_token' | 'oauth2_token';
+
+/** The paste filter's class, under the one name the WSGI file uses. */
+const FILTER_IMPORTS: Record<KsmFilter, string> = {
+  auth_token: 'from keystonemiddleware.auth_token import AuthProtocol',
+  oauth2_token: 'from keystonemiddleware.oauth2_token import OAuth2Protocol as AuthProtocol',
+};
+
+export function wsgiFile(confFile: string, filter: KsmFilter = 'auth_token'): string {
   return `import http
 import json
 import re
 
-from keystonemiddleware.auth_token import AuthProtocol
+${FILTER_IMPORTS[filter]}
 
 STATUS = re.compile(r'^/status/(\\d{3})')
 
@@ -165,12 +173,13 @@ export async function startKsm(
   credentials: KsmCredentials,
   options: KsmOptions,
   startTimeoutMs = 30_000,
+  filter: KsmFilter = 'auth_token',
 ): Promise<RunningKsm> {
   const dir = mkdtempSync(join(tmpdir(), 'ksm-'));
   const confFile = join(dir, 'ksm.conf');
   const wsgi = join(dir, 'ksm_echo.py');
   writeFileSync(confFile, ksmConf(authTokenOptions(credentials, options)), { mode: 0o600 });
-  writeFileSync(wsgi, wsgiFile(confFile));
+  writeFileSync(wsgi, wsgiFile(confFile, filter));
   const port = await freePort();
   const url = `http://127.0.0.1:${port}`;
 

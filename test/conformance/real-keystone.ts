@@ -87,6 +87,28 @@ export function appCredToken(id: string, secret: string): Promise<Issued> {
   return issue({ methods: ['application_credential'], application_credential: { id, secret } }, undefined);
 }
 
+/**
+ * Keystone's OAuth2 client-credentials grant (`POST /v3/OS-OAUTH2/token`, Zed: HTTP Basic with an application
+ * credential's id and secret only); the access token is an ordinary Keystone token.
+ */
+export async function oauth2AccessToken(id: string, secret: string): Promise<string> {
+  const res = await fetch(`${keystoneUrl()}/v3/OS-OAUTH2/token`, {
+    method: 'POST',
+    headers: {
+      authorization: `Basic ${Buffer.from(`${id}:${secret}`).toString('base64')}`,
+      'content-type': 'application/x-www-form-urlencoded',
+    },
+    body: 'grant_type=client_credentials',
+  });
+  const text = await res.text();
+  if (res.status !== 200) throw new Error(`OS-OAUTH2 token: ${res.status} ${text}`);
+  const body = JSON.parse(text) as { access_token?: unknown; token_type?: unknown };
+  if (typeof body.access_token !== 'string' || body.token_type !== 'Bearer') {
+    throw new Error(`OS-OAUTH2 token: unexpected body ${text}`);
+  }
+  return body.access_token;
+}
+
 export function tokenFromToken(token: string, scope?: Scope): Promise<Issued> {
   return issue({ methods: ['token'], token: { id: token } }, scope);
 }

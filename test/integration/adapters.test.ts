@@ -31,9 +31,11 @@ function reply(res: ServerResponse, status: number, seen: Seen): void {
 const statusOf = (url: string | undefined): number =>
   Number(/^\/status\/(\d{3})/.exec(url ?? '')?.[1] ?? 200);
 
-function expressApp(factory: typeof express5, deps: AuthDependencies): RequestListener {
+type Options = typeof OPTIONS & { filter?: 'auth_token' | 'oauth2_token' };
+
+function expressApp(factory: typeof express5, deps: AuthDependencies, options: Options): RequestListener {
   const app = factory();
-  app.use(createExpressAuth(OPTIONS, deps));
+  app.use(createExpressAuth(options, deps));
   app.get('/throw401', () => {
     throw Object.assign(new Error('nope'), { status: 401 });
   });
@@ -43,10 +45,10 @@ function expressApp(factory: typeof express5, deps: AuthDependencies): RequestLi
   return app as unknown as RequestListener;
 }
 
-function koaApp(Factory: typeof Koa3, deps: AuthDependencies): RequestListener {
+function koaApp(Factory: typeof Koa3, deps: AuthDependencies, options: Options): RequestListener {
   const app = new Factory();
   app.silent = true;
-  app.use(createKoaAuth(OPTIONS, deps) as Koa3.Middleware);
+  app.use(createKoaAuth(options, deps) as Koa3.Middleware);
   app.use((ctx) => {
     if (ctx.path === '/throw401') ctx.throw(401, 'nope');
     ctx.status = statusOf(ctx.url);
@@ -55,8 +57,8 @@ function koaApp(Factory: typeof Koa3, deps: AuthDependencies): RequestListener {
   return app.callback() as RequestListener;
 }
 
-function nodeApp(deps: AuthDependencies): RequestListener {
-  const handler = createAuthTokenHandler(OPTIONS, deps);
+function nodeApp(deps: AuthDependencies, options: Options): RequestListener {
+  const handler = createAuthTokenHandler(options, deps);
   return (req: IncomingMessage, res: ServerResponse) =>
     handler(req, res, () =>
       reply(res, statusOf(req.url), { headers: req.headers, identity: getAuthContext(req) }),
@@ -80,12 +82,12 @@ const downDeps: AuthDependencies = {
   },
 };
 
-const APPS: [string, (d: AuthDependencies) => RequestListener][] = [
-  ['express 5', (d) => expressApp(express5, d)],
-  ['express 4', (d) => expressApp(express4 as unknown as typeof express5, d)],
-  ['koa 3', (d) => koaApp(Koa3, d)],
-  ['koa 2', (d) => koaApp(Koa2 as unknown as typeof Koa3, d)],
-  ['node:http handler', nodeApp],
+const APPS: [string, (d: AuthDependencies, o?: Options) => RequestListener][] = [
+  ['express 5', (d, o = OPTIONS) => expressApp(express5, d, o)],
+  ['express 4', (d, o = OPTIONS) => expressApp(express4 as unknown as typeof express5, d, o)],
+  ['koa 3', (d, o = OPTIONS) => koaApp(Koa3, d, o)],
+  ['koa 2', (d, o = OPTIONS) => koaApp(Koa2 as unknown as typeof Koa3, d, o)],
+  ['node:http handler', (d, o = OPTIONS) => nodeApp(d, o)],
 ];
 
 describe.each(APPS)('%s', (_name, build) => {
@@ -163,6 +165,40 @@ describe.each(APPS)('%s', (_name, build) => {
         message: 'The Keystone service is temporarily unavailable.',
       },
     });
+  });
+});
+
+describe.each(APPS)('%s with filter: oauth2_token', (_name, build) => {
+  let app: Running;
+  beforeAll(async () => {
+    app = await listen(createServer(build(deps, { ...OPTIONS, filter: 'oauth2_token' })));
+  });
+  afterAll(() => app.close());
+
+  it('Authorization: Bearer is the token: identity injected without X-Identity-Status, spoofed headers gone', async () => {
+    const res = await fetch(`${app.url}/v1/things`, {
+      headers: {
+        authorization: `Bearer ${token}`,
+        'x-identity-status': 'Confirmed',
+        x_roles: 'admin',
+        'openstack-system-scope': 'all',
+      },
+    });
+    expect(res.status).toBe(200);
+    const seen = (await res.json()) as Seen;
+    expect(seen.headers['x-identity-status']).toBeUndefined();
+    expect(seen.headers['x-roles']).toBe('member,reader');
+    expect(seen.headers.x_roles).toBeUndefined();
+    expect(seen.headers['openstack-system-scope']).toBeUndefined();
+    expect(seen.headers['x-user-id']).toBe('u-1');
+    expect(seen.headers.authorization).toBe(`Bearer ${token}`);
+  });
+
+  it('X-Auth-Token is not read: 401 with the Keystone challenge', async () => {
+    const res = await fetch(`${app.url}/v1/things`, { headers: { 'x-auth-token': token } });
+    expect(res.status).toBe(401);
+    expect(res.headers.get('www-authenticate')).toBe(CHALLENGE);
+    expect(await res.text()).toBe(UNAUTHORIZED_BODY);
   });
 });
 

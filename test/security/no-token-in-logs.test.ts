@@ -403,3 +403,68 @@ describe.skipIf(!cliBuilt())('no token or password in the logs (real CLI, log le
     }
   }, 15_000);
 });
+
+describe.skipIf(!cliBuilt())(
+  'no Bearer token in the logs (filter: oauth2_token, workers: 2, log level trace)',
+  () => {
+    let keystone: KeystoneEmulator;
+    let upstream: Running;
+    let proxy: CapturedCli;
+    const secrets = new Set<string>();
+    const remember = (token: string): string => {
+      secrets.add(token);
+      return token;
+    };
+    const bearerToken = (): string =>
+      remember(
+        keystone.issueToken({ user: users.demo, scope: { project: projects.demo }, roles: [roles.member] }),
+      );
+
+    beforeAll(async () => {
+      keystone = await startKeystoneEmulator();
+      upstream = await listen(createUpstream({ upgrades: 0, lastUpgradeHeaders: undefined }));
+      const yaml = `workers: 2\nfilter: oauth2_token\n${configYaml(keystone.url, upstream.url)}`;
+      proxy = await startCapturedCli(writeConfig(yaml));
+    });
+    afterAll(async () => {
+      await proxy?.stop();
+      await upstream?.close();
+      await keystone?.close();
+    });
+
+    it('valid, invalid, revoked, oversized and wrongly spelled Bearer tokens, forward-auth; then none in the output', async () => {
+      const at = (path: string, headers: Record<string, string>) => statusAt(`${proxy.url}${path}`, headers);
+      const valid = bearerToken();
+      expect(await at('/v1', { authorization: `Bearer ${valid}` })).toBe(200);
+      expect(await at('/v1', { authorization: `bearer ${bearerToken()}` })).toBe(401);
+      expect(await at('/v1', { authorization: `Bearer ${remember(`garbage-${randomUUID()}`)}` })).toBe(401);
+      const long = remember(`long-${randomUUID()}-${'z'.repeat(4000)}`);
+      expect(await at('/v1', { authorization: `Bearer ${long}` })).toBe(401);
+      const huge = remember(`huge-${randomUUID()}-${'q'.repeat(9000)}`);
+      expect(await at('/v1', { authorization: `Bearer ${huge}` })).toBe(431);
+      const revoked = bearerToken();
+      keystone.revoke(revoked);
+      expect(await at('/v1', { authorization: `Bearer ${revoked}` })).toBe(401);
+      expect(await at('/v1', { 'x-auth-token': bearerToken() })).toBe(401);
+      expect(await at('/status/401', { authorization: `Bearer ${valid}` })).toBe(401);
+      const forwardAuth = await statusAt(proxy.forwardAuthUrl, {
+        authorization: `Bearer ${bearerToken()}`,
+        'x-original-uri': '/v1',
+      });
+      expect(forwardAuth).toBe(200);
+
+      expect(await proxy.stop()).toBe(0);
+      const output = proxy.output();
+      expect(output).toContain('"filter":"oauth2_token"');
+      expect(output).not.toContain(PASSWORD);
+      for (const secret of secrets) {
+        const pieces = [secret];
+        for (let i = 10; i + 20 <= secret.length && i < 200; i += 20) pieces.push(secret.slice(i, i + 20));
+        for (const piece of pieces) {
+          const where = output.split('\n').find((line) => line.includes(piece));
+          expect(where, `a Bearer token leaked: ${piece}`).toBeUndefined();
+        }
+      }
+    }, 30_000);
+  },
+);

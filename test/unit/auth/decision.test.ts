@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
 import type { TokenCheck } from '../../../src/auth/decision.js';
@@ -29,6 +30,7 @@ const invalid: TokenCheck = { status: 'invalid', reason: 'not_found' };
 const down: TokenCheck = { status: 'unavailable', error: new KeystoneUnavailableError('connect', 'down') };
 
 const policy: DecisionPolicy = {
+  filter: 'auth_token',
   delayAuthDecision: false,
   serviceTokenRoles: ['service'],
   serviceTokenRolesRequired: true,
@@ -287,10 +289,14 @@ describe('decideCachedUser: the synchronous cached path', () => {
           { 'x-auth-token': 'tok' },
           { 'x-storage-token': 'tok' },
           { 'x-auth-token': ' tok ' },
+          { authorization: 'Bearer tok' },
+          { authorization: 'Bearer tok', 'x-auth-token': 'tok' },
         ),
-        async (i, delay, bind, method, path, serviceType, headers) => {
+        fc.constantFrom<DecisionPolicy['filter']>('auth_token', 'oauth2_token'),
+        async (i, delay, bind, method, path, serviceType, headers, filter) => {
           const p: DecisionPolicy = {
             ...policy,
+            filter,
             delayAuthDecision: delay,
             enforceTokenBind: bind,
             serviceType,
@@ -298,7 +304,13 @@ describe('decideCachedUser: the synchronous cached path', () => {
           const req = request(headers, method, path);
           const sync = decideCachedUser(req, p, (t) => (t === 'tok' ? i : undefined));
           const full = await decide(req, p, checker({ tok: valid(i) }));
-          expect(sync).toEqual(full);
+          // Only the filter's own header carries a token; without it the cached path declines.
+          const carries =
+            filter === 'oauth2_token'
+              ? 'authorization' in headers
+              : 'x-auth-token' in headers || 'x-storage-token' in headers;
+          if (carries) expect(sync).toEqual(full);
+          else expect(sync).toBeUndefined();
         },
       ),
       { numRuns: 300 },
@@ -313,5 +325,101 @@ describe('decideCachedUser: the synchronous cached path', () => {
     ).toBeUndefined();
     expect(decideCachedUser(request({}), policy, hit)).toBeUndefined();
     expect(decideCachedUser(request({ 'x-auth-token': '  ' }), policy, hit)).toBeUndefined();
+  });
+});
+
+describe('decide: oauth2_token (keystonemiddleware 10.1 OAuth2Protocol)', () => {
+  const oauth2: DecisionPolicy = { ...policy, filter: 'oauth2_token' };
+
+  it('reads the token from Authorization: Bearer only', async () => {
+    const check = checker({ u: valid(USER) });
+    const d = await decide(request({ authorization: 'Bearer u' }), oauth2, check);
+    expect(d).toEqual({ action: 'forward', user: { status: 'Confirmed', info: USER }, service: undefined });
+    expect(check).toHaveBeenCalledWith('u', false);
+  });
+
+  it.each([
+    ['X-Auth-Token alone', { 'x-auth-token': 'u' }],
+    ['X-Storage-Token alone', { 'x-storage-token': 'u' }],
+    ['a lower-case scheme (webob compares it case-sensitively)', { authorization: 'bearer u' }],
+    ['another scheme', { authorization: 'Basic dTpw' }],
+    ['Bearer with nothing after it', { authorization: 'Bearer   ' }],
+    ['the scheme without a space', { authorization: 'Beareru' }],
+  ])('%s → reject (missing), no Keystone call', async (_name, headers) => {
+    const check = checker({ u: valid(USER) });
+    expect(await decide(request(headers), oauth2, check)).toEqual({ action: 'reject', reason: 'missing' });
+    expect(check).not.toHaveBeenCalled();
+  });
+
+  it('ignores X-Service-Token: one Keystone call, no service verdict', async () => {
+    const check = checker({ u: valid(USER), s: valid(SERVICE) });
+    const d = await decide(request({ authorization: 'Bearer u', 'x-service-token': 's' }), oauth2, check);
+    expect(d).toEqual({ action: 'forward', user: { status: 'Confirmed', info: USER }, service: undefined });
+    expect(check).toHaveBeenCalledTimes(1);
+  });
+
+  it('enforces access rules', async () => {
+    const check = checker({ r: valid(RULED) });
+    const allowed = await decide(request({ authorization: 'Bearer r' }, 'GET', '/servers'), oauth2, check);
+    const denied = await decide(request({ authorization: 'Bearer r' }, 'DELETE', '/servers'), oauth2, check);
+    expect(allowed.action).toBe('forward');
+    expect(denied).toEqual({ action: 'reject', reason: 'access_rule_denied' });
+  });
+
+  it('delay_auth_decision does not forward an unauthenticated request', async () => {
+    const delayed: DecisionPolicy = { ...oauth2, delayAuthDecision: true };
+    expect(await decide(request({}), delayed, checker({}))).toEqual({ action: 'reject', reason: 'missing' });
+    expect(await decide(request({ authorization: 'Bearer bad' }), delayed, checker({}))).toEqual({
+      action: 'reject',
+      reason: 'not_found',
+    });
+  });
+
+  it('Keystone down: 503, or 401 with delay_auth_decision (its InvalidToken)', async () => {
+    const sent = request({ authorization: 'Bearer u' });
+    expect((await decide(sent, oauth2, checker({ u: down }))).action).toBe('unavailable');
+    expect(await decide(sent, { ...oauth2, delayAuthDecision: true }, checker({ u: down }))).toEqual({
+      action: 'reject',
+      reason: 'keystone_unavailable',
+    });
+  });
+});
+
+describe('decide: oauth2_mtls_token', () => {
+  const mtls: DecisionPolicy = { ...policy, filter: 'oauth2_mtls_token' };
+  const der = Buffer.from('not a real certificate, only its bytes are hashed');
+  const pem = `-----BEGIN CERTIFICATE-----\n${der.toString('base64')}\n-----END CERTIFICATE-----\n`;
+  const thumbprint = createHash('sha256').update(der).digest('base64url');
+  const BOUND = info({ userId: 'bound', roles: ['member'] });
+  const bound: TokenInfo = { ...BOUND, certThumbprint: thumbprint };
+  const withCert = (headers: Record<string, string>, certificate = { der, pem }) => ({
+    ...request(headers),
+    clientCertificate: certificate,
+  });
+
+  it('a token bound to the connection certificate → forward, on the full and on the cached path', async () => {
+    const sent = withCert({ authorization: 'Bearer b' });
+    expect((await decide(sent, mtls, checker({ b: valid(bound) }))).action).toBe('forward');
+    expect(decideCachedUser(sent, mtls, () => bound)?.action).toBe('forward');
+  });
+
+  it.each([
+    ['no client certificate', request({ authorization: 'Bearer b' }), 'certificate_missing'],
+    [
+      'another certificate',
+      withCert({ authorization: 'Bearer b' }, { der: Buffer.from('other'), pem: 'other' }),
+      'certificate_mismatch',
+    ],
+  ])('%s → reject (%s), cached or not', async (_name, sent, reason) => {
+    expect(await decide(sent, mtls, checker({ b: valid(bound) }))).toEqual({ action: 'reject', reason });
+    expect(decideCachedUser(sent, mtls, () => bound)).toEqual({ action: 'reject', reason });
+  });
+
+  it('a token without oauth2_credential is refused (a plain Keystone token is not bound)', async () => {
+    const sent = withCert({ authorization: 'Bearer u' });
+    expect(await decide(sent, mtls, checker({ u: valid(USER) }))).toEqual({
+      action: 'reject',
+      reason: 'certificate_mismatch',
+    });
   });
 });

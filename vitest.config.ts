@@ -5,7 +5,7 @@ export default defineConfig({
     environment: 'node',
     include: ['test/**/*.test.ts'],
     // Real-service suites have their own config (vitest.conformance.config.ts) and need Keystone running.
-    exclude: ['test/conformance/**', 'node_modules/**'],
+    exclude: ['test/conformance/**', 'test/containers/**', 'node_modules/**'],
     testTimeout: 20_000,
     hookTimeout: 20_000,
     coverage: {

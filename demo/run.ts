@@ -3,7 +3,7 @@
  * code, never for production), an echo upstream and the real CLI (`node dist/cli.js --config
  * config/demo.yaml`), walks through what the proxy does to requests, prints curl commands to try, and keeps
  * running until Ctrl-C. `--once`, or no terminal on stdin, stops after the walk-through. Exit code 1 if any
- * step was unexpected.
+ * step was unexpected. `--nova`: the real Keystone and Nova with the `openstack` client instead (demo/nova.ts).
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
@@ -17,6 +17,7 @@ import { IDENTITY_HEADERS } from '../src/identity/headers.js';
 import { type EchoBody, echo } from '../test/helpers/echo-app.js';
 import { listen } from '../test/helpers/http.js';
 import { fixtures, startKeystoneEmulator } from '../test/helpers/keystone-emulator.js';
+import { runNovaDemo } from './nova.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'dist', 'cli.js');
@@ -353,6 +354,11 @@ function banner(keystoneUrl: string): void {
 // ------------------------------------------------------------
 
 async function main(argv: readonly string[]): Promise<number> {
+  // The real Keystone and Nova instead of the emulator and the echo upstream (demo/nova.ts).
+  if (argv.includes('--nova')) {
+    ensureBuilt();
+    return (await runNovaDemo()) ? 0 : 1;
+  }
   const runOnce = argv.includes('--once') || process.stdin.isTTY !== true;
   ensureBuilt();
   const keystone = await startKeystoneEmulator();

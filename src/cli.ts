@@ -18,6 +18,7 @@ import {
   warmUpInBackground,
 } from './proxy/cluster.js';
 import { startProxy } from './proxy/server.js';
+import { checkTlsFiles } from './tls/config-check.js';
 import { VERSION } from './version.js';
 
 const DEFAULT_CONFIG = 'config/keystone-auth-proxy.yaml';
@@ -33,7 +34,8 @@ Usage: keystone-auth-proxy [--config FILE] [--check-config]
   -h, --help          print this help and exit
 
 Exit codes: 0 stopped cleanly, 1 failed while running, 2 bad arguments or configuration.
-Signals: SIGTERM or SIGINT drain in-flight requests (shutdown.grace_period_seconds), a second one stops at once.
+Signals: SIGTERM or SIGINT drain in-flight requests (shutdown.grace_period_seconds), a second one stops at once;
+SIGHUP re-reads the listeners' TLS certificate files (a failed reload keeps the previous certificate).
 `;
 
 function readTextIfPresent(path: string): string | undefined {
@@ -62,8 +64,14 @@ async function main(argv: string[]): Promise<number> {
   }
   const file = args.config ?? DEFAULT_CONFIG;
   let config: ReturnType<typeof loadProxyConfig>;
+  let tlsWarnings: ReturnType<typeof checkTlsFiles>['warnings'];
   try {
     config = loadProxyConfig(file);
+    // The files the listeners will serve, checked before anything listens: every problem named at once.
+    const tlsFiles = checkTlsFiles(config);
+    if (tlsFiles.problems.length > 0)
+      throw new ConfigError(tlsFiles.problems, `invalid TLS files in ${file}`);
+    tlsWarnings = tlsFiles.warnings;
   } catch (error) {
     if (error instanceof ConfigError) {
       process.stderr.write(`keystone-auth-proxy: ${error.message}\n`);
@@ -87,21 +95,26 @@ async function main(argv: string[]): Promise<number> {
       })
     : undefined;
   if (worker) return runWorker(config, logger, metrics);
+  // An expired certificate does not stop the start: a rotation (SIGHUP or the file watch) can repair it live.
+  for (const warning of tlsWarnings) logger.warn({ path: warning.path }, warning.message);
   const workers =
     config.workers === 'auto' ? autoWorkers(availableParallelism(), readTextIfPresent) : config.workers;
 
   let running: { url: string | undefined; adminUrl: string | undefined; forwardAuthUrl: string | undefined };
   let shutdown: (graceMs: number) => Promise<{ unfinished: number }>;
+  let reloadTls: () => boolean;
   let inFlight: () => number | undefined = () => undefined;
   try {
     if (workers > 1) {
       const clustered = await startCluster(config, workers, logger, metrics);
       running = clustered;
       shutdown = (graceMs) => clustered.shutdown(graceMs);
+      reloadTls = () => clustered.reloadTls();
     } else {
       const single = await startProxy(config, { logger, metrics });
       running = single;
       shutdown = (graceMs) => single.shutdown(graceMs);
+      reloadTls = () => single.reloadTls();
       inFlight = () => single.inFlight();
       warmUpInBackground(single.authenticator, logger);
     }
@@ -147,6 +160,10 @@ async function main(argv: string[]): Promise<number> {
     };
     process.on('SIGTERM', stop);
     process.on('SIGINT', stop);
+    process.on('SIGHUP', () => {
+      logger.info({ signal: 'SIGHUP' }, 'reloading TLS certificates');
+      reloadTls();
+    });
   });
 }
 

@@ -59,10 +59,12 @@ export type InvalidTokenReason =
   | 'malformed_body'
   /** external_oauth2_token: the token is active but its claims do not give the identity (403). */
   | 'claims_unmapped'
-  /** external_oauth2_token with thumbprint_verify: no client certificate, or not the one the token is bound to. */
-  | 'certificate_mismatch'
   | 'access_rule_denied'
   | 'bind_rejected'
+  /** oauth2_mtls_token, external_oauth2_token with thumbprint_verify: no client certificate on the request. */
+  | 'certificate_missing'
+  /** … a certificate, not the one the token is bound to (or a token bound to none). */
+  | 'certificate_mismatch'
   | 'service_token_invalid'
   | 'service_token_roles'
   | 'keystone_unavailable';

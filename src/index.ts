@@ -64,4 +64,6 @@ export type {
 } from './observability/observer.js';
 export type { CacheMode } from './state/token-cache.js';
 export { TokenCache } from './state/token-cache.js';
+export type { ClientCertificate } from './tls/client-certificate.js';
+export { clientCertificate, clientCertificateOf } from './tls/client-certificate.js';
 export { VERSION } from './version.js';

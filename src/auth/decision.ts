@@ -7,7 +7,7 @@ import type { BindMode, FilterName } from '../config/auth-options.js';
 import type { InvalidTokenReason, KeystoneUnavailableError } from '../errors.js';
 import type { TokenInfo } from '../keystone/token-info.js';
 import { checkAccessRules } from './access-rules.js';
-import { type CertificatePeer, certificateThumbprint } from './certificate.js';
+import { certificateBinding, type PresentedCertificate } from './certificate-binding.js';
 import type { HeaderBag } from './extract.js';
 import { extractFor } from './extract.js';
 
@@ -52,16 +52,13 @@ export interface DecisionPolicy {
   readonly thumbprintVerify?: boolean;
 }
 
-/** The binding of a certificate-bound token (its `cnf`), as the external filter's claims mapping records it. */
-export const CERTIFICATE_BINDING = 'x5t#S256';
-
 export interface RequestFacts {
   readonly method: string;
   /** Path without the query string. */
   readonly path: string;
   readonly headers: HeaderBag;
-  /** The connection the request came on (a TLS socket has the client certificate); read by thumbprint_verify only. */
-  readonly peer?: CertificatePeer | undefined;
+  /** The client certificate of the connection (verified by the listener) or of a trusted ingress header. */
+  readonly clientCertificate?: PresentedCertificate | undefined;
 }
 
 export type CheckToken = (token: string, allowExpired: boolean) => Promise<TokenCheck>;
@@ -193,11 +190,11 @@ function confirmUser(
     return { status: 'Invalid', reason: 'bind_rejected' };
   }
   // Per request, not per token: the same token may come on another connection, with another certificate.
-  if (policy.thumbprintVerify === true) {
-    const bound = info.bind?.[CERTIFICATE_BINDING];
-    if (bound === undefined || bound !== certificateThumbprint(request.peer)) {
-      return { status: 'Invalid', reason: 'certificate_mismatch' };
-    }
+  // external_oauth2_token's thumbprint_verify: the introspection's `cnf` (RFC 8705), as the mapping recorded it.
+  if (policy.filter === 'oauth2_mtls_token' || policy.thumbprintVerify === true) {
+    const binding = certificateBinding(info.certThumbprint, request.clientCertificate);
+    if (binding === 'no_certificate') return { status: 'Invalid', reason: 'certificate_missing' };
+    if (binding !== 'bound') return { status: 'Invalid', reason: 'certificate_mismatch' };
   }
   return { status: 'Confirmed', info };
 }

@@ -59,14 +59,14 @@ export const IGNORED_KSM_OPTIONS: readonly string[] = [
  * keystonemiddleware's paste filters this engine can act as. Not a `[keystone_authtoken]` option there (it is the
  * filter's name in the paste pipeline); here an option of the engine, and the sidecar YAML's top-level `filter`.
  */
-export const FILTERS = ['auth_token', 'oauth2_token', 'external_oauth2_token'] as const;
+export const FILTERS = ['auth_token', 'oauth2_token', 'oauth2_mtls_token', 'external_oauth2_token'] as const;
 export type FilterName = (typeof FILTERS)[number];
 
 export const filterSchema = z
   .enum(FILTERS)
   .default('auth_token')
   .describe(
-    "Which keystonemiddleware filter to act as: auth_token (X-Auth-Token, X-Service-Token), oauth2_token (Keystone's OAuth2 client-credentials tokens, or any Keystone token, from Authorization: Bearer) or external_oauth2_token (Bearer tokens of an external OAuth 2.0 authorization server, by RFC 7662 introspection; options in ext_oauth2_auth).",
+    "Which keystonemiddleware filter to act as: auth_token (X-Auth-Token, X-Service-Token), oauth2_token (Keystone's OAuth2 client-credentials tokens, or any Keystone token, from Authorization: Bearer), oauth2_mtls_token (the same, bound to the client's TLS certificate) or external_oauth2_token (Bearer tokens of an external OAuth 2.0 authorization server, by RFC 7662 introspection; options in ext_oauth2_auth).",
   );
 
 export const authOptionsSchema = z
@@ -212,6 +212,11 @@ export const authOptionsSchema = z
       .describe(
         'Answer a token Keystone called invalid with 401 for this long without asking again (never for allow_expired); 0: off.',
       ),
+    client_certificate_header: text
+      .optional()
+      .describe(
+        "oauth2_mtls_token behind an ingress that terminates TLS: the header carrying the verified client certificate (URL-encoded PEM, or base64 DER). Trusted as is: set it only when every request comes through an ingress that overwrites it. Default: the certificate of the proxy's own TLS listener.",
+      ),
     ...Object.fromEntries(IGNORED_KSM_OPTIONS.map((name) => [name, z.unknown().optional()])),
   })
   .strict();
@@ -223,6 +228,8 @@ export type BindMode = 'disabled' | 'permissive' | 'strict' | 'required' | { rea
 
 export interface ResolvedAuthOptions {
   readonly filter: FilterName;
+  /** Lower-case name of the ingress header with the client certificate (oauth2_mtls_token). */
+  readonly clientCertificateHeader: string | undefined;
   readonly wwwAuthenticateUri: string | undefined;
   readonly authUrl: string | undefined;
   readonly authType: 'password' | 'v3applicationcredential';
@@ -441,6 +448,7 @@ export function resolveAuthOptions(input: unknown, context: ResolveContext = {})
   const record = input as Record<string, unknown>;
   const keystone: ResolvedAuthOptions = Object.freeze({
     filter: o.filter,
+    clientCertificateHeader: o.client_certificate_header?.toLowerCase(),
     wwwAuthenticateUri: o.www_authenticate_uri ?? o.auth_uri,
     authUrl: o.auth_url,
     authType: o.auth_type === 'v3applicationcredential' ? 'v3applicationcredential' : 'password',
@@ -486,6 +494,7 @@ function externalEngineOptions(
   return Object.freeze({
     ...base,
     wwwAuthenticateUri: ext.audience,
+    clientCertificateHeader: ext.clientCertificateHeader,
     delayAuthDecision: false,
     includeServiceCatalog: false,
     serviceType: undefined,

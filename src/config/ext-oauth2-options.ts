@@ -68,6 +68,11 @@ export const extOAuth2OptionsSchema = z
       .describe(
         "Require the request's TLS client certificate to match the token's `cnf.x5t#S256` (RFC 8705 certificate-bound tokens).",
       ),
+    client_certificate_header: text
+      .optional()
+      .describe(
+        "thumbprint_verify behind an ingress that terminates TLS: the header carrying the verified client certificate (URL-encoded PEM, or base64 DER), as for oauth2_mtls_token. Trusted as is. Default: the proxy's own TLS listener.",
+      ),
     jwt_key_file: text.optional().describe('PEM private key signing the client assertion (private_key_jwt).'),
     jwt_algorithm: text
       .optional()
@@ -242,6 +247,8 @@ export interface ResolvedExtOAuth2Options {
   readonly clientId: string;
   readonly clientSecret: string | undefined;
   readonly thumbprintVerify: boolean;
+  /** Lower-cased; undefined: the certificate of the connection. */
+  readonly clientCertificateHeader: string | undefined;
   readonly jwtKeyFile: string | undefined;
   readonly jwtAlgorithm: string;
   readonly jwtBearerTimeOutSeconds: number;
@@ -362,6 +369,7 @@ export function resolveExtOAuth2Options(
     clientId: o.client_id,
     clientSecret: o.client_secret,
     thumbprintVerify: o.thumbprint_verify,
+    clientCertificateHeader: o.client_certificate_header?.toLowerCase(),
     jwtKeyFile: o.jwt_key_file,
     jwtAlgorithm: o.jwt_algorithm ?? (o.auth_method === 'private_key_jwt' ? 'RS256' : 'HS256'),
     jwtBearerTimeOutSeconds: o.jwt_bearer_time_out,

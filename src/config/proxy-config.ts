@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { type AuthOptionsInput, authOptionsSchema, filterSchema } from './auth-options.js';
 import { extCrossIssues, extOAuth2OptionsSchema } from './ext-oauth2-options.js';
+import { tlsSchema } from './tls-options.js';
 
 const numberLike = z.union([
   z.number(),
@@ -29,6 +30,7 @@ const listenSchema = z
   .object({
     host: z.string().min(1).default('0.0.0.0').describe('Address to listen on.'),
     port: port.describe('TCP port (0 picks a free one).'),
+    tls: tlsSchema.optional().describe('Serve https on this listener (README "TLS"); default: plain http.'),
   })
   .strict();
 

@@ -6,6 +6,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { LRUCache } from 'lru-cache';
+import type { PresentedCertificate } from '../auth/certificate-binding.js';
 import {
   type Decision,
   type DecisionPolicy,
@@ -14,6 +15,7 @@ import {
   type RequestFacts,
   type TokenVerdict,
 } from '../auth/decision.js';
+import { forwardedCertificate } from '../auth/forwarded-certificate.js';
 import {
   type AuthOptionsInput,
   type ResolvedAuthOptions,
@@ -141,6 +143,7 @@ export function createEngine(
     'accepted a service token without a service role',
   );
   const lookupCached = (token: string): TokenInfo | undefined => state.checkCached(token);
+  const withForwardedCertificate = forwardedCertificateReader(options);
 
   /** Every other case: service tokens, misses, allow_expired, delay_auth_decision on a failure. */
   const authenticateFully = async (request: RequestFacts, started: number): Promise<AuthOutcome> => {
@@ -162,8 +165,9 @@ export function createEngine(
     wwwAuthenticate: answers.challenge,
     state,
     revocation: state instanceof HostIdentityState ? state.revocation : undefined,
-    authenticate(request) {
+    authenticate(facts) {
       const started = performance.now();
+      const request = withForwardedCertificate(facts);
       // A cached user token alone (the bulk of the traffic): decided without a single await.
       const cached = decideCachedUser(request, policy, lookupCached);
       if (cached !== undefined) {
@@ -177,6 +181,32 @@ export function createEngine(
     ready: () => state.ready(),
     warmUp: () => state.warmUp(),
     close: () => state.close(),
+  };
+}
+
+/**
+ * oauth2_mtls_token (or external_oauth2_token with thumbprint_verify) behind a TLS-terminating ingress: the certificate comes from its header instead of the
+ * listener. Parsed once per distinct value (a client keeps its certificate for many requests).
+ */
+function forwardedCertificateReader(options: ResolvedAuthOptions): (request: RequestFacts) => RequestFacts {
+  const header = options.clientCertificateHeader;
+  const binds = options.filter === 'oauth2_mtls_token' || options.externalOAuth2?.thumbprintVerify === true;
+  if (header === undefined || !binds) return (request) => request;
+  const parsed = new LRUCache<string, { certificate: PresentedCertificate | undefined }>({ max: 256 });
+  return (request) => {
+    const value = request.headers[header];
+    const text = typeof value === 'string' ? value : undefined;
+    let entry = text === undefined ? undefined : parsed.get(text);
+    if (entry === undefined) {
+      entry = { certificate: forwardedCertificate(text) };
+      if (text !== undefined) parsed.set(text, entry);
+    }
+    return {
+      method: request.method,
+      path: request.path,
+      headers: request.headers,
+      clientCertificate: entry.certificate,
+    };
   };
 }
 

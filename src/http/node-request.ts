@@ -3,7 +3,6 @@
  * the proxy, so all of them strip, inject and answer the same way.
  */
 import { type IncomingMessage, type OutgoingHttpHeaders, ServerResponse } from 'node:http';
-import type { CertificatePeer } from '../auth/certificate.js';
 import type { RequestFacts } from '../auth/decision.js';
 import {
   type HeaderPair,
@@ -11,6 +10,7 @@ import {
   stripIdentityRawHeaders,
   WWW_AUTHENTICATE_HEADER,
 } from '../identity/headers.js';
+import { clientCertificate } from '../tls/client-certificate.js';
 import type { PreparedResponse } from './responses.js';
 
 /** Path without the query string; an absolute-form target (`GET http://host/path`) counts by its path. */
@@ -48,8 +48,13 @@ export function stripRequestIdentity(req: IncomingMessage): void {
 }
 
 export function requestFacts(req: IncomingMessage, path = requestPath(req.url)): RequestFacts {
-  // A TLS socket is a CertificatePeer; a plain one has none of its members (and gives no certificate).
-  return { method: req.method ?? 'GET', path, headers: req.headers, peer: req.socket as CertificatePeer };
+  // The listener's verified client certificate (mutual TLS), kept per connection; none on plain http.
+  return {
+    method: req.method ?? 'GET',
+    path,
+    headers: req.headers,
+    clientCertificate: clientCertificate(req),
+  };
 }
 
 const lowerNames = new Map<string, string>();

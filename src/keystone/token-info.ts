@@ -48,6 +48,8 @@ export interface TokenInfo {
   /** `OS-OAUTH1` → `consumer_id` and `access_token_id`, present on tokens obtained with an OAuth1 access token. */
   readonly oauthConsumerId: string | undefined;
   readonly oauthAccessTokenId: string | undefined;
+  /** `oauth2_credential["x5t#S256"]`: the client certificate an OAuth2 mTLS token is bound to (Keystone 2023.1+). */
+  readonly certThumbprint: string | undefined;
   /** Rough resident cost of this object, used to bound the cache by bytes. */
   readonly sizeBytes: number;
 }
@@ -142,6 +144,7 @@ export function parseTokenBody(body: unknown, options: ParseOptions): TokenInfo 
   const appCred = obj(token.application_credential);
   const trust = obj(token['OS-TRUST:trust']);
   const oauth = obj(token['OS-OAUTH1']);
+  const oauth2 = obj(token.oauth2_credential);
   const catalog = Array.isArray(token.catalog) ? token.catalog : undefined;
   const bindRaw = obj(token.bind);
   const strings = (values: unknown[]): string[] => values.filter((v): v is string => typeof v === 'string');
@@ -178,6 +181,7 @@ export function parseTokenBody(body: unknown, options: ParseOptions): TokenInfo 
   const trusteeUserId = str(obj(trust?.trustee_user)?.id);
   const oauthConsumerId = str(oauth?.consumer_id);
   const oauthAccessTokenId = str(oauth?.access_token_id);
+  const certThumbprint = str(oauth2?.['x5t#S256']);
   // Shared (interned) strings and lists are not counted: they are paid once for all entries.
   const sizeBytes = estimateSize([
     userId,
@@ -192,6 +196,7 @@ export function parseTokenBody(body: unknown, options: ParseOptions): TokenInfo 
     trusteeUserId,
     oauthConsumerId,
     oauthAccessTokenId,
+    certThumbprint,
   ]);
 
   // One object literal: copying into a new object (spread) would put 29 properties in dictionary mode, 4x the size.
@@ -224,6 +229,7 @@ export function parseTokenBody(body: unknown, options: ParseOptions): TokenInfo 
     trusteeUserId,
     oauthConsumerId,
     oauthAccessTokenId,
+    certThumbprint,
     sizeBytes,
   });
 }

@@ -179,8 +179,9 @@ export function mapClaims(
       },
     };
     const cnf = claimAt(claims, ['cnf', 'x5t#S256']);
-    // RFC 8705 certificate binding, checked per request against the client certificate (thumbprint_verify).
-    if (typeof cnf === 'string') token.bind = { 'x5t#S256': cnf };
+    // RFC 8705 certificate binding, where Keystone's mTLS tokens carry theirs: checked per request against the
+    // client certificate (thumbprint_verify), by the same code as oauth2_mtls_token.
+    if (typeof cnf === 'string') token.oauth2_credential = { 'x5t#S256': cnf };
     const jti = claimAt(claims, ['jti']);
     if (typeof jti === 'string' && jti.length > 0) token.audit_ids = [jti];
     return { ok: true, body: { token } };

@@ -14,6 +14,9 @@ import type {
   KeystoneOutcome,
   MemcachedOperation,
   MemcachedOutcome,
+  TlsHandshakeFailure,
+  TlsListenerName,
+  TlsObserver,
 } from './observer.js';
 
 export type RequestDecision =
@@ -40,7 +43,7 @@ export interface MetricsSource {
   workerCacheEntries?(): number;
 }
 
-export interface ProxyMetrics extends Required<AuthObserver> {
+export interface ProxyMetrics extends Required<AuthObserver>, Required<TlsObserver> {
   readonly registry: Registry;
   readonly contentType: string;
   /** Increments the in-flight gauge; the returned function decrements it (idempotent). */
@@ -126,6 +129,16 @@ const HOST_LOOKUP_OUTCOMES: Record<HostLookupOutcome, true> = {
   unavailable: true,
   unanswered: true,
 };
+const TLS_LISTENERS: Record<TlsListenerName, true> = { proxy: true, admin: true, forward_auth: true };
+const TLS_HANDSHAKE_FAILURES: Record<TlsHandshakeFailure, true> = {
+  no_certificate: true,
+  untrusted_certificate: true,
+  protocol_version: true,
+  plain_http: true,
+  aborted: true,
+  other: true,
+};
+const TLS_RELOAD_RESULTS: Record<'ok' | 'error', true> = { ok: true, error: true };
 const CIRCUIT_STATES: Record<CircuitState, true> = { closed: true, open: true, half_open: true };
 const UPSTREAM_ERROR_REASONS: Record<UpstreamErrorReason, true> = {
   connect_refused: true,
@@ -141,9 +154,10 @@ const INVALID_TOKEN_REASONS: Record<InvalidTokenReason, true> = {
   revoked: true,
   malformed_body: true,
   claims_unmapped: true,
-  certificate_mismatch: true,
   access_rule_denied: true,
   bind_rejected: true,
+  certificate_missing: true,
+  certificate_mismatch: true,
   service_token_invalid: true,
   service_token_roles: true,
   keystone_unavailable: true,
@@ -342,6 +356,27 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
     labelNames: ['outcome'] as const,
     registers: hostRegisters,
   });
+  const tlsHandshakeFailures = new Counter({
+    name: name('tls_handshake_failures_total'),
+    help: 'TLS handshakes a listener refused or that did not finish, by listener and reason (no_certificate: client_auth require and none shown).',
+    labelNames: ['listener', 'reason'] as const,
+    registers,
+  });
+  const tlsReloads = new Counter({
+    name: name('tls_reloads_total'),
+    help: "Reloads of a listener's certificate files (SIGHUP or a change on disk), by result; error: the previous certificate is still served.",
+    labelNames: ['listener', 'result'] as const,
+    registers,
+  });
+  const tlsExpiry = new Gauge({
+    name: name('tls_certificate_expiry_timestamp_seconds'),
+    help: "Unix time at which the certificate a listener serves expires (with workers: the soonest of the workers').",
+    labelNames: ['listener'] as const,
+    registers,
+    // With workers, each serves the proxied port with its own copy: the soonest expiry is the one to alert on.
+    aggregator: 'min',
+  });
+  const tlsListenersSeen = new Set<string>();
   const circuit = new Gauge({
     name: name('keystone_circuit_state'),
     help: 'State of the circuit breaker around Keystone: 1 for the current state, 0 for the others (with workers: how many are in each state).',
@@ -440,6 +475,27 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
     circuitState: (state) => setCircuit(state in CIRCUIT_STATES ? state : 'closed'),
     serviceTokenRefresh: (outcome) => {
       serviceTokenRefreshes.inc({ outcome: bounded(SERVICE_TOKEN_OUTCOMES, outcome) });
+    },
+    tlsHandshakeFailure: (listener, reason) => {
+      tlsHandshakeFailures.inc({
+        listener: bounded(TLS_LISTENERS, listener),
+        reason: bounded(TLS_HANDSHAKE_FAILURES, reason),
+      });
+    },
+    tlsReload: (listener, result) => {
+      tlsReloads.inc({
+        listener: bounded(TLS_LISTENERS, listener),
+        result: bounded(TLS_RELOAD_RESULTS, result),
+      });
+    },
+    tlsCertificateExpiry: (name, notAfterSeconds) => {
+      const listener = bounded(TLS_LISTENERS, name);
+      if (Number.isFinite(notAfterSeconds)) tlsExpiry.set({ listener }, notAfterSeconds);
+      // The first report of a TLS listener: export its zero series, so that rate() sees them before an event.
+      if (tlsListenersSeen.has(listener)) return;
+      tlsListenersSeen.add(listener);
+      for (const reason of keysOf(TLS_HANDSHAKE_FAILURES)) tlsHandshakeFailures.inc({ listener, reason }, 0);
+      for (const result of keysOf(TLS_RELOAD_RESULTS)) tlsReloads.inc({ listener, result }, 0);
     },
     track: (source) => {
       sources.push(source);

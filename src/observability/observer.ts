@@ -71,3 +71,27 @@ export interface Logger {
 
 const noop = (): void => {};
 export const silentLogger: Logger = Object.freeze({ debug: noop, info: noop, warn: noop, error: noop });
+
+/** The listeners that can serve TLS; a metric label. */
+export type TlsListenerName = 'proxy' | 'admin' | 'forward_auth';
+/**
+ * Why a TLS handshake failed (bounded: a metric label). untrusted_certificate: a client certificate that does not
+ * chain to client_cafile (or has expired); plain_http: an http request on the https port; aborted: the client
+ * went away before finishing (a TCP probe, say).
+ */
+export type TlsHandshakeFailure =
+  | 'no_certificate'
+  | 'untrusted_certificate'
+  | 'protocol_version'
+  | 'plain_http'
+  | 'aborted'
+  | 'other';
+
+/** Hooks of the TLS listeners (src/tls/listener-tls.ts). */
+export interface TlsObserver {
+  tlsHandshakeFailure?(listener: TlsListenerName, reason: TlsHandshakeFailure): void;
+  /** A reload of the listener's certificate files (SIGHUP or a change seen on disk). */
+  tlsReload?(listener: TlsListenerName, result: 'ok' | 'error'): void;
+  /** The served certificate's notAfter, in Unix seconds, at start and after each reload. */
+  tlsCertificateExpiry?(listener: TlsListenerName, notAfterSeconds: number): void;
+}

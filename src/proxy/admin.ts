@@ -2,13 +2,14 @@
  * The admin listener, never the proxied port: /healthz (the process runs), /readyz (the service token is held and
  * Keystone answers; 503 while draining), /metrics, and forward-auth unless it has a listener of its own.
  */
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ProxyConfig } from '../config/proxy-config.js';
 import type { Authenticator } from '../http/authenticate.js';
 import { requestPath } from '../http/node-request.js';
-import type { Logger } from '../observability/observer.js';
+import type { Logger, TlsObserver } from '../observability/observer.js';
+import { createListenerTls } from '../tls/listener-tls.js';
 import type { ForwardAuthHandler } from './forward-auth.js';
-import { answerClientError, listen } from './listeners.js';
+import { answerClientError, createListenerServer, listen } from './listeners.js';
 
 export interface AdminOptions {
   readonly logger: Logger;
@@ -20,6 +21,8 @@ export interface AdminOptions {
   readonly metricsContentType?: string | undefined;
   /** Counts forward-auth requests as in flight for the drain. */
   readonly track?: ((res: ServerResponse) => void) | undefined;
+  /** Counts the admin listener's TLS handshake failures and reloads (with admin_listen.tls). */
+  readonly tlsObserver?: TlsObserver | undefined;
 }
 
 export interface RunningAdmin {
@@ -27,6 +30,8 @@ export interface RunningAdmin {
   readonly forwardAuthUrl: string | undefined;
   /** From now on /readyz answers 503. */
   draining(): void;
+  /** Re-reads admin_listen.tls's files; true without TLS. */
+  reloadTls(): boolean;
   close(): Promise<void>;
 }
 
@@ -54,7 +59,17 @@ export async function startAdmin(config: ProxyConfig, options: AdminOptions): Pr
     );
   };
 
-  const admin = createServer(
+  const tls =
+    config.admin_listen.tls === undefined
+      ? undefined
+      : createListenerTls({
+          listener: 'admin',
+          tls: config.admin_listen.tls,
+          path: 'admin_listen.tls',
+          logger: options.logger,
+          observer: options.tlsObserver,
+        });
+  const admin = createListenerServer(
     {
       maxHeaderSize: config.limits.max_header_bytes,
       headersTimeout: config.limits.headers_timeout_seconds * 1000,
@@ -72,6 +87,7 @@ export async function startAdmin(config: ProxyConfig, options: AdminOptions): Pr
       else if (path === '/metrics' && metricsText !== undefined) metrics(res, json, metricsText);
       else json(404, { error: { code: 404, title: 'Not Found', message: 'No such admin endpoint.' } });
     },
+    tls,
   );
   admin.on('clientError', answerClientError);
   const url = await listen(admin, config.admin_listen.host, config.admin_listen.port);
@@ -81,8 +97,10 @@ export async function startAdmin(config: ProxyConfig, options: AdminOptions): Pr
     draining: () => {
       draining = true;
     },
+    reloadTls: () => tls?.reload('signal') ?? true,
     close: () =>
       new Promise((resolve) => {
+        tls?.close();
         admin.closeAllConnections();
         admin.close(() => resolve());
       }),

@@ -54,6 +54,8 @@ export function autoWorkers(parallelism: number, read: ReadText): number {
 
 const SHUTDOWN = 'keystone-auth-proxy:shutdown';
 const STARTED = 'keystone-auth-proxy:started';
+/** The primary got SIGHUP: re-read the TLS files of the worker's listeners. */
+const RELOAD_TLS = 'keystone-auth-proxy:reload-tls';
 /** A worker that dies is replaced at most this often, so a crash loop does not spin. */
 const RESTART_DELAY_MS = 1_000;
 
@@ -66,6 +68,8 @@ export interface RunningCluster {
   readonly adminUrl: string;
   readonly forwardAuthUrl: string | undefined;
   readonly workers: number;
+  /** Reloads the admin listener's TLS files and tells every worker to reload its own; false when admin's failed. */
+  reloadTls(): boolean;
   shutdown(graceMs: number): Promise<{ unfinished: number }>;
 }
 
@@ -109,7 +113,10 @@ export async function runWorker(
     };
     process.on('message', (message: { type?: string; graceMs?: number }) => {
       if (message?.type === SHUTDOWN) drain(message.graceMs ?? 25_000);
+      else if (message?.type === RELOAD_TLS) running.reloadTls();
     });
+    // SIGHUP to the whole process group reaches the workers too: reload, never die of it.
+    process.on('SIGHUP', () => running.reloadTls());
     // The primary forwards signals as messages; a stray SIGTERM to the worker alone drains it as well.
     process.on('SIGTERM', () => drain(config.shutdown.grace_period_seconds * 1000));
     process.on('SIGINT', () => undefined);
@@ -156,6 +163,7 @@ export async function startCluster(
     forwardAuth: primaryForwardAuth(config, authenticator, logger, metrics),
     metricsText: metrics === undefined ? undefined : () => clusterMetrics(metrics.registry, pool.links()),
     metricsContentType: metrics?.contentType,
+    tlsObserver: metrics,
   });
 
   return {
@@ -164,6 +172,10 @@ export async function startCluster(
       config.forward_auth.listen === undefined ? admin.forwardAuthUrl : first[0]?.forwardAuthUrl,
     adminUrl: admin.url,
     workers: count,
+    reloadTls() {
+      pool.broadcast({ type: RELOAD_TLS });
+      return admin.reloadTls();
+    },
     async shutdown(graceMs) {
       admin.draining();
       const codes = await pool.drain(graceMs);
@@ -213,6 +225,13 @@ class WorkerPool {
 
   links(): Iterable<StateLink> {
     return this.#links.values();
+  }
+
+  /** A control message to every live worker (node:cluster's channel, beside the state protocol's). */
+  broadcast(message: { readonly type: string }): void {
+    for (const worker of this.#links.keys()) {
+      if (worker.isConnected()) worker.send(message);
+    }
   }
 
   /**

@@ -2,10 +2,22 @@
  * Plumbing shared by the proxied, forward-auth and admin listeners: listening, answering malformed requests,
  * idle sockets, knowing when an exchange is over, and counting what is in flight for the drain.
  */
-import type { IncomingMessage, Server, ServerResponse } from 'node:http';
+import {
+  createServer,
+  type IncomingMessage,
+  type RequestListener,
+  type Server,
+  type ServerOptions,
+  type ServerResponse,
+} from 'node:http';
+import { createServer as createHttpsServer, Server as HttpsServer } from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { errorResponse, rawResponse } from '../http/responses.js';
+import type { ListenerTls } from '../tls/listener-tls.js';
+
+/** A listener's server: node:http, or node:https when the listener has `tls`. */
+export type ListenerServer = Server | HttpsServer;
 
 export const REASONS: Readonly<Record<number, string>> = {
   400: 'Bad Request',
@@ -25,8 +37,31 @@ export function reasonOf(status: number): string {
   return REASONS[status] ?? 'Error';
 }
 
-/** Listens and resolves with the listener's base URL. */
-export function listen(server: Server, host: string, port: number, scheme = 'http'): Promise<string> {
+/**
+ * An http server, or an https one with the same http options when the listener has TLS. The TLS handshake gets
+ * the head deadline too: a client that opens connections and never finishes a handshake holds them no longer.
+ */
+export function createListenerServer(
+  options: ServerOptions,
+  handler: RequestListener,
+  tls: ListenerTls | undefined,
+): ListenerServer {
+  if (tls === undefined) return createServer(options, handler);
+  const server = createHttpsServer(
+    {
+      ...options,
+      ...tls.serverOptions,
+      ...(options.headersTimeout === undefined ? {} : { handshakeTimeout: options.headersTimeout }),
+    },
+    handler,
+  );
+  tls.attach(server);
+  return server;
+}
+
+/** Listens and resolves with the listener's base URL (https:// for a TLS listener). */
+export function listen(server: ListenerServer, host: string, port: number): Promise<string> {
+  const scheme = server instanceof HttpsServer ? 'https' : 'http';
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => {
@@ -38,7 +73,7 @@ export function listen(server: Server, host: string, port: number, scheme = 'htt
   });
 }
 
-export function closeServer(server: Server | undefined): Promise<void> {
+export function closeServer(server: ListenerServer | undefined): Promise<void> {
   return server === undefined ? Promise.resolve() : new Promise((resolve) => server.close(() => resolve()));
 }
 

@@ -3,21 +3,25 @@
  * inject → forward), a forward-auth one when configured, the admin one (src/proxy/admin.ts) unless a cluster
  * primary serves it, and the graceful drain of all of them.
  */
-import { createServer, type Server, type ServerOptions } from 'node:http';
+import type { RequestListener, ServerOptions } from 'node:http';
 import { authInputOf, type ProxyConfig } from '../config/proxy-config.js';
+import type { TlsOptions } from '../config/tls-options.js';
 import { type AuthDependencies, type Authenticator, createAuthenticator } from '../http/authenticate.js';
 import { requestPath, sendPrepared } from '../http/node-request.js';
 import { errorResponse } from '../http/responses.js';
 import type { ProxyMetrics } from '../observability/metrics.js';
-import type { Logger } from '../observability/observer.js';
+import type { Logger, TlsListenerName, TlsObserver } from '../observability/observer.js';
 import type { IdentityState } from '../state/identity-state.js';
+import { createListenerTls, type ListenerTls } from '../tls/listener-tls.js';
 import { type RunningAdmin, startAdmin } from './admin.js';
 import { createForwardAuthHandler, type ForwardAuthHandler } from './forward-auth.js';
 import { createForwarder, type Forwarder } from './forwarder.js';
 import {
   answerClientError,
   closeServer,
+  createListenerServer,
   InFlight,
+  type ListenerServer,
   listen,
   onIdle,
   reasonOf,
@@ -46,6 +50,8 @@ export interface RunningProxy {
   readonly authenticator: Authenticator;
   /** Requests being served on the proxied and forward-auth listeners. */
   inFlight(): number;
+  /** Re-reads the certificate files of every TLS listener (SIGHUP); false when one was refused. */
+  reloadTls(): boolean;
   /** Stop accepting, let in-flight requests finish for up to `graceMs`, then close everything. */
   shutdown(graceMs: number): Promise<{ unfinished: number }>;
 }
@@ -69,9 +75,10 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
     ? createForwardAuthHandler({ authenticator, path: config.forward_auth.path, logger, metrics })
     : undefined;
 
+  const tlsOf = listenerTlsFactory(logger, metrics);
   const proxied =
     config.listen !== undefined && forwarder !== undefined
-      ? await startProxied(config, config.listen, {
+      ? await startProxied(config, config.listen, tlsOf('proxy', 'listen.tls', config.listen.tls), {
           authenticator,
           forwarder,
           logger,
@@ -82,7 +89,13 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
       : undefined;
   const ownForwardAuth =
     forwardAuth !== undefined && config.forward_auth.listen !== undefined
-      ? await startForwardAuth(config, config.forward_auth.listen, forwardAuth, inFlight)
+      ? await startForwardAuth(
+          config,
+          config.forward_auth.listen,
+          tlsOf('forward_auth', 'forward_auth.listen.tls', config.forward_auth.listen.tls),
+          forwardAuth,
+          inFlight,
+        )
       : undefined;
   const admin: RunningAdmin | undefined =
     deps.adminListener === false
@@ -94,7 +107,9 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
           metricsText: metrics === undefined ? undefined : () => metrics.scrape(),
           metricsContentType: metrics?.contentType,
           track: (res) => inFlight.track(res),
+          tlsObserver: metrics,
         });
+  const ownTls = [proxied?.tls, ownForwardAuth?.tls].filter((tls): tls is ListenerTls => tls !== undefined);
 
   return {
     url: proxied?.url,
@@ -102,8 +117,14 @@ export async function startProxy(config: ProxyConfig, deps: ProxyDependencies): 
     forwardAuthUrl: admin?.forwardAuthUrl ?? ownForwardAuth?.url,
     authenticator,
     inFlight: () => inFlight.count,
+    reloadTls() {
+      // Every listener is tried, even after one failed.
+      const results = [...ownTls.map((tls) => tls.reload('signal')), admin?.reloadTls() ?? true];
+      return results.every(Boolean);
+    },
     async shutdown(graceMs) {
       draining = true;
+      for (const tls of ownTls) tls.close();
       admin?.draining();
       const servers = [proxied?.server, ownForwardAuth?.server];
       const closing = servers.map(closeServer);
@@ -162,14 +183,28 @@ function serverOptions(config: ProxyConfig): ServerOptions {
   };
 }
 
+/** The TLS of a listener that has `tls` configured, undefined for a plain http one. */
+type TlsFactory = (
+  listener: TlsListenerName,
+  path: string,
+  tls: TlsOptions | undefined,
+) => ListenerTls | undefined;
+
+export function listenerTlsFactory(logger: Logger, observer: TlsObserver | undefined): TlsFactory {
+  return (listener, path, tls) =>
+    tls === undefined ? undefined : createListenerTls({ listener, tls, path, logger, observer });
+}
+
 interface Listening {
-  readonly server: Server;
+  readonly server: ListenerServer;
   readonly url: string;
+  readonly tls: ListenerTls | undefined;
 }
 
 async function startProxied(
   config: ProxyConfig,
   where: { readonly host: string; readonly port: number },
+  tls: ListenerTls | undefined,
   parts: {
     readonly authenticator: Authenticator;
     readonly forwarder: Forwarder;
@@ -180,11 +215,11 @@ async function startProxied(
   },
 ): Promise<Listening> {
   const pipeline = createPipeline({ config, ...parts });
-  const handle: Parameters<typeof createServer>[1] = (req, res) => {
+  const handle: RequestListener = (req, res) => {
     parts.inFlight.track(res);
     pipeline.handle(req, res);
   };
-  const server = createServer(serverOptions(config), handle);
+  const server = createListenerServer(serverOptions(config), handle, tls);
   server.keepAliveTimeout = 5_000;
   server.setTimeout(config.limits.idle_timeout_seconds * 1000, onIdle);
   server.on('connect', refuseConnect);
@@ -192,22 +227,24 @@ async function startProxied(
   // Node would answer `Expect: 100-continue` before authentication and invite a rejected upload: decide first.
   server.on('checkContinue', handle);
   server.on('clientError', answerClientError);
-  return { server, url: await listen(server, where.host, where.port) };
+  return { server, url: await listen(server, where.host, where.port), tls };
 }
 
 async function startForwardAuth(
   config: ProxyConfig,
   where: { readonly host: string; readonly port: number },
+  tls: ListenerTls | undefined,
   forwardAuth: ForwardAuthHandler,
   inFlight: InFlight,
 ): Promise<Listening> {
   const notFound = errorResponse(404, reasonOf(404), 'No such endpoint.');
-  const server = createServer(serverOptions(config), (req, res) => {
+  const handle: RequestListener = (req, res) => {
     inFlight.track(res);
     if (forwardAuth.matches(requestPath(req.url))) forwardAuth.handle(req, res);
     else sendPrepared(req, res, notFound);
-  });
+  };
+  const server = createListenerServer(serverOptions(config), handle, tls);
   server.on('clientError', answerClientError);
   const base = await listen(server, where.host, where.port);
-  return { server, url: `${base}${config.forward_auth.path}` };
+  return { server, url: `${base}${config.forward_auth.path}`, tls };
 }

@@ -60,6 +60,11 @@ export interface IssueTokenInput {
   isAdminProject?: boolean;
   /** When set, the body includes bind. */
   bind?: Record<string, string>;
+  /**
+   * Keystone 2023.1+'s OAuth2 mTLS: `oauth2_credential: {"x5t#S256": …}` (Keystone 22 cannot mint these, so the
+   * emulator stands in for the token body).
+   */
+  certThumbprint?: string;
   /** Adds OS-TRUST:trust. */
   trust?: { id: string; trustorId: string; trusteeId: string; impersonation: boolean };
 }
@@ -273,6 +278,7 @@ interface TokenRecord {
   appCred?: { id: string; name: string; restricted: boolean; accessRules: Required<AccessRule>[] };
   isAdminProject?: boolean;
   bind?: Record<string, string>;
+  certThumbprint?: string;
   trust?: { id: string; trustorId: string; trusteeId: string; impersonation: boolean };
   revoked: boolean;
 }
@@ -510,6 +516,7 @@ class Emulator implements KeystoneEmulator {
     }
     if (input.isAdminProject !== undefined) record.isAdminProject = input.isAdminProject;
     if (input.bind) record.bind = { ...input.bind };
+    if (input.certThumbprint !== undefined) record.certThumbprint = input.certThumbprint;
     if (input.trust) record.trust = { ...input.trust };
     this.tokens.set(record.id, record);
     return record.id;
@@ -1090,6 +1097,7 @@ class Emulator implements KeystoneEmulator {
       };
     }
     if (record.bind) token.bind = record.bind;
+    if (record.certThumbprint !== undefined) token.oauth2_credential = { 'x5t#S256': record.certThumbprint };
     return token;
   }
 

@@ -123,7 +123,7 @@ describe.skipIf(skipWithoutOpenssl())('IntrospectionClient against oidc-provider
     const info = parseTokenBody((answer as { body: unknown }).body, { renderCatalog: false });
     const { X509Certificate, createHash } = await import('node:crypto');
     const der = new X509Certificate(as.certs.alice.cert).raw;
-    expect(info.bind).toEqual({ 'x5t#S256': createHash('sha256').update(der).digest('base64url') });
+    expect(info.certThumbprint).toBe(createHash('sha256').update(der).digest('base64url'));
   });
 
   it('claims without the identity: a claims_unmapped error (403), naming the field, not the values', async () => {

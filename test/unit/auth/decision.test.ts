@@ -1,4 +1,4 @@
-import { createHash, type X509Certificate } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
 import type { TokenCheck } from '../../../src/auth/decision.js';
@@ -386,15 +386,10 @@ describe('decide: oauth2_token (keystonemiddleware 10.1 OAuth2Protocol)', () => 
 });
 
 describe('decide: external_oauth2_token with thumbprint_verify', () => {
-  // Any DER-shaped certificate will do for the hash: a peer is only read through getPeerX509Certificate.
-  const peerWith = (raw: Buffer | undefined, authorized = true) => ({
-    encrypted: true,
-    authorized,
-    getPeerX509Certificate: () => (raw === undefined ? undefined : ({ raw } as unknown as X509Certificate)),
-  });
   const der = Buffer.from('certificate-a');
+  const pem = `-----BEGIN CERTIFICATE-----\n${der.toString('base64')}\n-----END CERTIFICATE-----\n`;
   const thumb = createHash('sha256').update(der).digest('base64url');
-  const BOUND = info({ userId: 'app', bind: { 'x5t#S256': thumb } });
+  const BOUND: TokenInfo = { ...info({ userId: 'app' }), certThumbprint: thumb };
   const ext: DecisionPolicy = {
     ...policy,
     filter: 'external_oauth2_token',
@@ -404,37 +399,78 @@ describe('decide: external_oauth2_token with thumbprint_verify', () => {
   const bearer = { authorization: 'Bearer t' };
 
   it.each([
-    ['its certificate', peerWith(der), 'forward'],
-    ['another certificate', peerWith(Buffer.from('certificate-b')), 'reject'],
-    ['a certificate the TLS layer did not verify', peerWith(der, false), 'reject'],
-    ['no certificate', peerWith(undefined), 'reject'],
-    ['a plain connection', {}, 'reject'],
-  ])('a bound token on a connection with %s → %s', async (_name, peer, action) => {
-    const decision = await decide({ ...request(bearer), peer }, ext, checker({ t: valid(BOUND) }));
-    expect(decision.action).toBe(action);
-    if (action === 'reject') expect(decision).toEqual({ action: 'reject', reason: 'certificate_mismatch' });
-    // The cached path decides the same.
-    expect(decideCachedUser({ ...request(bearer), peer }, ext, () => BOUND)?.action).toBe(action);
+    ['its certificate', { der, pem }, 'forward'],
+    ['another certificate', { der: Buffer.from('certificate-b'), pem: 'b' }, 'certificate_mismatch'],
+    ['no certificate', undefined, 'certificate_missing'],
+  ] as const)('a bound token on a connection with %s → %s', async (_name, clientCertificate, expected) => {
+    const sent = { ...request(bearer), clientCertificate };
+    const decision = await decide(sent, ext, checker({ t: valid(BOUND) }));
+    const cached = decideCachedUser(sent, ext, () => BOUND);
+    if (expected === 'forward') {
+      expect(decision.action).toBe('forward');
+      expect(cached?.action).toBe('forward');
+    } else {
+      expect(decision).toEqual({ action: 'reject', reason: expected });
+      expect(cached).toEqual({ action: 'reject', reason: expected });
+    }
   });
 
   it('an unbound token is refused; without thumbprint_verify the binding is not looked at', async () => {
     const unbound = info({ userId: 'app' });
-    const peer = peerWith(der);
-    expect((await decide({ ...request(bearer), peer }, ext, checker({ t: valid(unbound) }))).action).toBe(
-      'reject',
-    );
+    const sent = { ...request(bearer), clientCertificate: { der, pem } };
+    expect(await decide(sent, ext, checker({ t: valid(unbound) }))).toEqual({
+      action: 'reject',
+      reason: 'certificate_mismatch',
+    });
     const off = { ...ext, thumbprintVerify: false };
-    expect((await decide({ ...request(bearer), peer: {} }, off, checker({ t: valid(BOUND) }))).action).toBe(
-      'forward',
-    );
+    expect((await decide(request(bearer), off, checker({ t: valid(BOUND) }))).action).toBe('forward');
   });
 
-  it('reads Authorization: Bearer only, as the Keystone OAuth2 filter', async () => {
+  it('reads Authorization: Bearer only, as the Keystone OAuth2 filters', async () => {
     const check = checker({ t: valid(BOUND) });
     expect(await decide(request({ 'x-auth-token': 't' }), ext, check)).toEqual({
       action: 'reject',
       reason: 'missing',
     });
     expect(check).not.toHaveBeenCalled();
+  });
+});
+
+describe('decide: oauth2_mtls_token', () => {
+  const mtls: DecisionPolicy = { ...policy, filter: 'oauth2_mtls_token' };
+  const der = Buffer.from('not a real certificate, only its bytes are hashed');
+  const pem = `-----BEGIN CERTIFICATE-----\n${der.toString('base64')}\n-----END CERTIFICATE-----\n`;
+  const thumbprint = createHash('sha256').update(der).digest('base64url');
+  const BOUND = info({ userId: 'bound', roles: ['member'] });
+  const bound: TokenInfo = { ...BOUND, certThumbprint: thumbprint };
+  const withCert = (headers: Record<string, string>, certificate = { der, pem }) => ({
+    ...request(headers),
+    clientCertificate: certificate,
+  });
+
+  it('a token bound to the connection certificate → forward, on the full and on the cached path', async () => {
+    const sent = withCert({ authorization: 'Bearer b' });
+    expect((await decide(sent, mtls, checker({ b: valid(bound) }))).action).toBe('forward');
+    expect(decideCachedUser(sent, mtls, () => bound)?.action).toBe('forward');
+  });
+
+  it.each([
+    ['no client certificate', request({ authorization: 'Bearer b' }), 'certificate_missing'],
+    [
+      'another certificate',
+      withCert({ authorization: 'Bearer b' }, { der: Buffer.from('other'), pem: 'other' }),
+      'certificate_mismatch',
+    ],
+  ])('%s → reject (%s), cached or not', async (_name, sent, reason) => {
+    expect(await decide(sent, mtls, checker({ b: valid(bound) }))).toEqual({ action: 'reject', reason });
+    expect(decideCachedUser(sent, mtls, () => bound)).toEqual({ action: 'reject', reason });
+  });
+
+  it('a token without oauth2_credential is refused (a plain Keystone token is not bound)', async () => {
+    const sent = withCert({ authorization: 'Bearer u' });
+    expect(await decide(sent, mtls, checker({ u: valid(USER) }))).toEqual({
+      action: 'reject',
+      reason: 'certificate_mismatch',
+    });
   });
 });

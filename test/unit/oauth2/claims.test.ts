@@ -94,9 +94,10 @@ describe('mapClaims', () => {
     expect(infoOf(noExp).expiresAtMs).toBe(Date.parse('9999-12-31T23:59:59Z'));
   });
 
-  it('cnf x5t#S256 becomes the binding, jti the audit id', () => {
+  it('cnf x5t#S256 becomes the certificate binding (as oauth2_mtls_token reads it), jti the audit id', () => {
     const info = infoOf({ ...base, cnf: { 'x5t#S256': 'abc' }, jti: 'j1' });
-    expect(info.bind).toEqual({ 'x5t#S256': 'abc' });
+    expect(info.certThumbprint).toBe('abc');
+    expect(info.bind).toBeUndefined();
     expect(info.auditIds).toEqual(['j1']);
   });
 

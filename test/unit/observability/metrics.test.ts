@@ -1,4 +1,4 @@
-import { register as globalRegister, Registry } from 'prom-client';
+import { AggregatorRegistry, register as globalRegister, Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import {
   createMetrics,
@@ -205,9 +205,10 @@ describe('createMetrics', () => {
       'revoked',
       'malformed_body',
       'claims_unmapped',
-      'certificate_mismatch',
       'access_rule_denied',
       'bind_rejected',
+      'certificate_missing',
+      'certificate_mismatch',
     ];
     const more = [
       'service_token_invalid',
@@ -253,6 +254,9 @@ describe('createMetrics', () => {
       ['revocation_last_success_timestamp_seconds', 'gauge'],
       ['worker_cache_entries', 'gauge'],
       ['host_lookup_duration_seconds', 'histogram'],
+      ['tls_handshake_failures_total', 'counter'],
+      ['tls_reloads_total', 'counter'],
+      ['tls_certificate_expiry_timestamp_seconds', 'gauge'],
       ['build_info', 'gauge'],
     ];
     for (const [name, type] of names) {
@@ -403,5 +407,40 @@ describe('circuit state gauge', () => {
     expect(text).toContain(`${P}_host_lookup_duration_seconds_count{outcome="valid"} 1`);
     // The default role exports the host state.
     expect(await metrics().scrape()).toContain(`${P}_keystone_circuit_state{state="closed"} 1`);
+  });
+});
+
+describe('TLS metrics', () => {
+  it('a TLS listener gets zero series at its first expiry report; labels stay bounded', async () => {
+    const m = metrics({ collectProcessMetrics: false });
+    expect(await m.scrape()).not.toContain(`${P}_tls_handshake_failures_total{`);
+    m.tlsCertificateExpiry('proxy', 1_800_000_000);
+    m.tlsHandshakeFailure('proxy', 'no_certificate');
+    m.tlsHandshakeFailure('bogus' as never, 'made_up' as never);
+    m.tlsReload('proxy', 'error');
+    const text = await m.scrape();
+    expect(text).toContain(`${P}_tls_certificate_expiry_timestamp_seconds{listener="proxy"} 1800000000\n`);
+    expect(text).toContain(`${P}_tls_handshake_failures_total{listener="proxy",reason="no_certificate"} 1\n`);
+    expect(text).toContain(
+      `${P}_tls_handshake_failures_total{listener="proxy",reason="untrusted_certificate"} 0\n`,
+    );
+    expect(text).toContain(`${P}_tls_handshake_failures_total{listener="other",reason="other"} 1\n`);
+    expect(text).toContain(`${P}_tls_reloads_total{listener="proxy",result="ok"} 0\n`);
+    expect(text).toContain(`${P}_tls_reloads_total{listener="proxy",result="error"} 1\n`);
+  });
+
+  it('with workers, the expiry is the soonest of the workers, the counters their sum', async () => {
+    const workers = [1_800_000_000, 1_700_000_000].map((notAfter) => {
+      const m = metrics({ collectProcessMetrics: false, role: 'worker' });
+      m.tlsCertificateExpiry('proxy', notAfter);
+      m.tlsHandshakeFailure('proxy', 'no_certificate');
+      return m;
+    });
+    const aggregated = AggregatorRegistry.aggregate(
+      await Promise.all(workers.map((m) => m.registry.getMetricsAsJSON())),
+    );
+    const text = await aggregated.metrics();
+    expect(text).toContain(`${P}_tls_certificate_expiry_timestamp_seconds{listener="proxy"} 1700000000\n`);
+    expect(text).toContain(`${P}_tls_handshake_failures_total{listener="proxy",reason="no_certificate"} 2\n`);
   });
 });

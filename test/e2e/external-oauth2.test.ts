@@ -8,6 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXT_FORBIDDEN_BODY, EXT_UNAUTHORIZED_BODY, EXT_UNAVAILABLE_BODY } from '../../src/http/responses.js';
+import { httpsGet } from '../helpers/certificates.js';
 import { type CliRun, cliBuilt, runCli, scrapeMetric, startCli, writeConfig } from '../helpers/cli.js';
 import { listen, type Running } from '../helpers/http.js';
 import { skipWithoutOpenssl } from '../helpers/oauth2-pki.js';
@@ -327,3 +328,83 @@ describe.skipIf(!cliBuilt())('ext_oauth2_auth in the config file', () => {
     expect(result.code).toBe(0);
   });
 });
+
+describe.skipIf(!cliBuilt() || skipWithoutOpenssl())(
+  'external_oauth2_token thumbprint_verify on the sidecar',
+  () => {
+    let as: OAuth2Server;
+    let upstream: Running;
+    let tlsProxy: CliRun;
+    let ingressProxy: CliRun;
+    let bound: string;
+    const INGRESS_HEADER = 'ssl-client-cert';
+
+    beforeAll(async () => {
+      as = await startOAuth2Server();
+      as.claims.set('app-mtls', ALICE);
+      as.claims.set('app', ALICE);
+      upstream = await listen(createUpstream({ upgrades: 0, lastUpgradeHeaders: undefined }));
+      bound = await as.boundToken(as.certs.alice);
+      const base = extYaml(
+        as.introspectionEndpoint,
+        as.tokenEndpoint,
+        upstream.url,
+        '  thumbprint_verify: true\n',
+      )
+        .replace('workers: 2', 'workers: 1')
+        .replace('log: { level: trace }', 'log: { level: info }');
+      const server = as.serverCert;
+      const tls = base.replace(
+        'listen: { host: 127.0.0.1, port: 0 }',
+        `listen: { host: 127.0.0.1, port: 0, tls: { certfile: ${server.certFile}, keyfile: ${server.keyFile}, client_cafile: ${as.pki.ca.certFile}, client_auth: optional } }`,
+      );
+      tlsProxy = await startCli(['--config', writeConfig(tls)], ENV);
+      ingressProxy = await startCli(
+        ['--config', writeConfig(`${base}  client_certificate_header: ${INGRESS_HEADER}\n`)],
+        ENV,
+      );
+    });
+    afterAll(async () => {
+      await tlsProxy?.stop();
+      await ingressProxy?.stop();
+      await upstream?.close();
+      await as?.close();
+    });
+
+    it("the proxy's own mutual-TLS listener: the bound certificate 200; another, none, or an unbound token 401", async () => {
+      const get = (token: string, who: 'alice' | 'mallory' | undefined) =>
+        httpsGet(`${tlsProxy.url}/v1/x`, {
+          ca: as.pki.ca.certFile,
+          client:
+            who === undefined
+              ? undefined
+              : { cert: as.certs[who].certFile, key: as.certs[who].keyFile, serial: '' },
+          headers: { authorization: `Bearer ${token}`, 'X-Is-Admin-Project': 'true' },
+        });
+      const ok = await get(bound, 'alice');
+      expect(ok.status).toBe(200);
+      const seen = JSON.parse(ok.text) as Seen;
+      expect(seen.headers['x-user-id']).toBe('app-mtls');
+      expect(seen.headers['x-is-admin-project']).toBeUndefined();
+      expect((await get(bound, 'mallory')).status).toBe(401);
+      expect((await get(bound, undefined)).status).toBe(401);
+      expect((await get(await as.token(), 'alice')).status).toBe(401);
+      const metric = (result: string) =>
+        scrapeMetric(tlsProxy.adminUrl, `keystone_auth_proxy_auth_decisions_total{result="${result}"}`);
+      expect(await metric('certificate_mismatch')).toBe(2);
+      expect(await metric('certificate_missing')).toBe(1);
+    });
+
+    it('behind a TLS-terminating ingress: client_certificate_header with the escaped PEM', async () => {
+      const status = async (headers: Record<string, string>) =>
+        (
+          await fetch(`${ingressProxy.url}/v1/x`, {
+            headers: { authorization: `Bearer ${bound}`, ...headers },
+          })
+        ).status;
+      expect(await status({ [INGRESS_HEADER]: encodeURIComponent(as.certs.alice.cert) })).toBe(200);
+      expect(await status({ [INGRESS_HEADER]: encodeURIComponent(as.certs.mallory.cert) })).toBe(401);
+      expect(await status({})).toBe(401);
+    });
+  },
+);

@@ -8,10 +8,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EXT_FORBIDDEN_BODY, EXT_UNAUTHORIZED_BODY, EXT_UNAVAILABLE_BODY } from '../../src/http/responses.js';
-import { httpsGet } from '../helpers/certificates.js';
+import { httpsGet, opensslAvailable } from '../helpers/certificates.js';
 import { type CliRun, cliBuilt, runCli, scrapeMetric, startCli, writeConfig } from '../helpers/cli.js';
 import { listen, type Running } from '../helpers/http.js';
-import { skipWithoutOpenssl } from '../helpers/oauth2-pki.js';
 import { type OAuth2Server, SECRETS, startOAuth2Server } from '../helpers/oauth2-server.js';
 import { createUpstream } from '../helpers/upstream.js';
 
@@ -76,7 +75,7 @@ ${extra}`;
 }
 const ENV = { TEST_CLIENT_SECRET: SECRETS.basic };
 
-describe.skipIf(!cliBuilt() || skipWithoutOpenssl())(
+describe.skipIf(!cliBuilt() || !opensslAvailable())(
   'filter: external_oauth2_token (real CLI, workers: 2)',
   () => {
     let as: OAuth2Server;
@@ -329,7 +328,7 @@ describe.skipIf(!cliBuilt())('ext_oauth2_auth in the config file', () => {
   });
 });
 
-describe.skipIf(!cliBuilt() || skipWithoutOpenssl())(
+describe.skipIf(!cliBuilt() || !opensslAvailable())(
   'external_oauth2_token thumbprint_verify on the sidecar',
   () => {
     let as: OAuth2Server;
@@ -356,7 +355,7 @@ describe.skipIf(!cliBuilt() || skipWithoutOpenssl())(
       const server = as.serverCert;
       const tls = base.replace(
         'listen: { host: 127.0.0.1, port: 0 }',
-        `listen: { host: 127.0.0.1, port: 0, tls: { certfile: ${server.certFile}, keyfile: ${server.keyFile}, client_cafile: ${as.pki.ca.certFile}, client_auth: optional } }`,
+        `listen: { host: 127.0.0.1, port: 0, tls: { certfile: ${server.certFile}, keyfile: ${server.keyFile}, client_cafile: ${as.ca.certFile}, client_auth: optional } }`,
       );
       tlsProxy = await startCli(['--config', writeConfig(tls)], ENV);
       ingressProxy = await startCli(
@@ -374,7 +373,7 @@ describe.skipIf(!cliBuilt() || skipWithoutOpenssl())(
     it("the proxy's own mutual-TLS listener: the bound certificate 200; another, none, or an unbound token 401", async () => {
       const get = (token: string, who: 'alice' | 'mallory' | undefined) =>
         httpsGet(`${tlsProxy.url}/v1/x`, {
-          ca: as.pki.ca.certFile,
+          ca: as.ca.certFile,
           client:
             who === undefined
               ? undefined

@@ -8,12 +8,30 @@
  * of `proxy-<auth method>`. Extra claims of a token come from `claimsFor(clientId)`, which a test can change.
  */
 import { generateKeyPairSync, type KeyObject, randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import { exportJWK, generateKeyPair } from 'jose';
-import { type IssuedFiles, OAuth2Pki } from './oauth2-pki.js';
+import { type Issued, TestPki } from './certificates.js';
+
+/** A certificate of the test PKI: its files (for the CLI's YAML) and their PEM text (for in-process clients). */
+export interface IssuedFiles {
+  readonly certFile: string;
+  readonly keyFile: string;
+  readonly cert: string;
+  readonly key: string;
+}
+
+function filesOf(issued: Issued): IssuedFiles {
+  return {
+    certFile: issued.cert,
+    keyFile: issued.key,
+    cert: readFileSync(issued.cert, 'utf8'),
+    key: readFileSync(issued.key, 'utf8'),
+  };
+}
 
 export const API_RESOURCE = 'https://api.example.test';
 export const SECRETS = {
@@ -32,7 +50,9 @@ export interface OAuth2Server {
   /** The same endpoint over https: tls_client_auth needs the proxy's certificate on the connection. */
   readonly httpsIntrospectionEndpoint: string;
   readonly jwksUri: string;
-  readonly pki: OAuth2Pki;
+  readonly pki: TestPki;
+  /** The CA's certificate (files and PEM). */
+  readonly ca: IssuedFiles;
   readonly serverCert: IssuedFiles;
   /** Client certificates: `proxy` (tls_client_auth), `alice` (binds app-mtls tokens), `mallory`. */
   readonly certs: { readonly proxy: IssuedFiles; readonly alice: IssuedFiles; readonly mallory: IssuedFiles };
@@ -65,16 +85,16 @@ function basic(id: string, secret: string): string {
 
 export async function startOAuth2Server(): Promise<OAuth2Server> {
   const { default: Provider } = await import('oidc-provider');
-  const pki = new OAuth2Pki();
-  const serverCert = pki.issue('127.0.0.1', 'server');
+  const pki = new TestPki();
+  const ca = filesOf(pki.ca);
+  const serverCert = filesOf(pki.issue('oauth2-server'));
   const certs = {
-    proxy: pki.issue('proxy', 'client'),
-    alice: pki.issue('alice', 'client'),
-    mallory: pki.issue('mallory', 'client'),
+    proxy: filesOf(pki.issue('oauth2-proxy', { cn: 'proxy', client: true })),
+    alice: filesOf(pki.issue('oauth2-alice', { cn: 'alice', client: true })),
+    mallory: filesOf(pki.issue('oauth2-mallory', { cn: 'mallory', client: true })),
   };
   const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
   const privateKeyFile = `${pki.dir}/proxy-jwt.key`;
-  const { writeFileSync } = await import('node:fs');
   writeFileSync(privateKeyFile, (privateKey as KeyObject).export({ type: 'pkcs8', format: 'pem' }));
   const signing = await generateKeyPair('RS256', { extractable: true });
   const providerKey = { ...(await exportJWK(signing.privateKey)), kid: 'sig-1', alg: 'RS256', use: 'sig' };
@@ -90,7 +110,7 @@ export async function startOAuth2Server(): Promise<OAuth2Server> {
     {
       cert: serverCert.cert,
       key: serverCert.key,
-      ca: pki.ca.cert,
+      ca: ca.cert,
       requestCert: true,
       rejectUnauthorized: false,
     },
@@ -191,10 +211,11 @@ export async function startOAuth2Server(): Promise<OAuth2Server> {
           (ctx.req.socket as TLSSocket).authorized === true,
         certificateSubjectMatches: (ctx: { req: IncomingMessage }, property: string, expected: string) => {
           const cert = (ctx.req.socket as TLSSocket).getPeerX509Certificate?.();
+          // The registered DN names the CN; node:crypto prints the subject one `key=value` per line.
           return (
             property === 'tls_client_auth_subject_dn' &&
             cert !== undefined &&
-            `CN=${cert.subject.replace(/^CN=/, '')}` === expected
+            cert.subject.split('\n').includes(expected)
           );
         },
       },
@@ -218,7 +239,7 @@ export async function startOAuth2Server(): Promise<OAuth2Server> {
     const { request } = await import('undici');
     const { Agent } = await import('undici');
     const dispatcher = tls
-      ? new Agent({ connect: { ca: pki.ca.cert, cert: tls.cert, key: tls.key } })
+      ? new Agent({ connect: { ca: ca.cert, cert: tls.cert, key: tls.key } })
       : undefined;
     const response = await request(url, {
       method: 'POST',
@@ -245,6 +266,7 @@ export async function startOAuth2Server(): Promise<OAuth2Server> {
     httpsIntrospectionEndpoint: `https://127.0.0.1:${httpsPort}/token/introspection`,
     jwksUri: `${issuer}/jwks`,
     pki,
+    ca,
     serverCert,
     certs,
     privateKeyFile,

@@ -16,10 +16,10 @@ import { type Authenticator, createAuthenticator } from '../../src/http/authenti
 import { createAuthTokenHandler } from '../../src/http/handler.js';
 import { EXT_UNAUTHORIZED_BODY } from '../../src/http/responses.js';
 import { createKoaAuth } from '../../src/koa.js';
+import { opensslAvailable } from '../helpers/certificates.js';
 import { listen, type Running } from '../helpers/http.js';
 import { type Memcached, skipWithoutMemcached, startMemcached } from '../helpers/memcached.js';
-import { type IssuedFiles, skipWithoutOpenssl } from '../helpers/oauth2-pki.js';
-import { type OAuth2Server, SECRETS, startOAuth2Server } from '../helpers/oauth2-server.js';
+import { type IssuedFiles, type OAuth2Server, SECRETS, startOAuth2Server } from '../helpers/oauth2-server.js';
 
 const ALICE = {
   username: 'alice',
@@ -49,133 +49,125 @@ function extOptions(as: OAuth2Server, extra: Record<string, unknown> = {}) {
   };
 }
 
-describe.skipIf(skipWithoutOpenssl())(
-  'external_oauth2_token in Express over https, thumbprint_verify',
-  () => {
-    let as: OAuth2Server;
-    let server: Server;
-    let url: string;
-    const agents = new Map<string, Agent>();
-    const auth = { close: async () => {} };
+describe.skipIf(!opensslAvailable())('external_oauth2_token in Express over https, thumbprint_verify', () => {
+  let as: OAuth2Server;
+  let server: Server;
+  let url: string;
+  const agents = new Map<string, Agent>();
+  const auth = { close: async () => {} };
 
-    beforeAll(async () => {
-      as = await startOAuth2Server();
-      for (const id of ['app', 'app-mtls']) as.claims.set(id, ALICE);
-      const middleware = createExpressAuth(
-        extOptions(as, { thumbprint_verify: true, www_authenticate_challenge: 'rfc6750' }),
-      );
-      auth.close = () => middleware.authenticator.close();
-      const app = express();
-      app.use(middleware);
-      app.get('/app401', (_req, res) => {
-        res.status(401).send('no');
-      });
-      app.get('/{*path}', (req, res) => {
-        res.json({ headers: req.headers, user: req.keystone?.user?.userId });
-      });
-      const serverCert = as.serverCert;
-      // Client certificates asked for, not required: a client without one still reaches the middleware.
-      server = createHttpsServer(
-        {
-          cert: serverCert.cert,
-          key: serverCert.key,
-          ca: as.pki.ca.cert,
-          requestCert: true,
-          rejectUnauthorized: false,
-        },
-        app,
-      );
-      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-      url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    });
-    afterAll(async () => {
-      await Promise.all([...agents.values()].map((agent) => agent.close()));
-      await auth.close();
-      server?.closeAllConnections();
-      await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
-      await as?.close();
-    });
-
-    function agentFor(cert: IssuedFiles | undefined): Agent {
-      const key = cert?.certFile ?? 'none';
-      let agent = agents.get(key);
-      if (agent === undefined) {
-        agent = new Agent({
-          connect: { ca: as.pki.ca.cert, ...(cert === undefined ? {} : { cert: cert.cert, key: cert.key }) },
-        });
-        agents.set(key, agent);
-      }
-      return agent;
-    }
-
-    async function get(path: string, headers: Record<string, string>, cert?: IssuedFiles) {
-      const res = await request(`${url}${path}`, { headers, dispatcher: agentFor(cert) });
-      const text = await res.body.text();
-      return { status: res.statusCode, headers: res.headers, text };
-    }
-
-    it('a bound token on a connection with its certificate: forwarded, spoofed headers gone', async () => {
-      const token = await as.boundToken(as.certs.alice);
-      const res = await get(
-        '/v1/x',
-        {
-          authorization: `Bearer ${token}`,
-          'X-Is-Admin-Project': 'true',
-          'OpenStack-System-Scope': 'all',
-          X_Roles: 'admin',
-        },
-        as.certs.alice,
-      );
-      expect(res.status).toBe(200);
-      const body = JSON.parse(res.text) as { headers: Record<string, string>; user: string };
-      expect(body.user).toBe('app-mtls');
-      expect(body.headers['x-roles']).toBe('member');
-      expect(body.headers['x-is-admin-project']).toBeUndefined();
-      expect(body.headers['openstack-system-scope']).toBeUndefined();
-      expect(body.headers.x_roles).toBeUndefined();
-    });
-
-    it.each([
-      ['another certificate', 'mallory'],
-      ['no certificate', undefined],
-    ] as const)(
-      'the same token with %s: 401 with an RFC 6750 invalid_token challenge',
-      async (_name, who) => {
-        const token = await as.boundToken(as.certs.alice);
-        const res = await get(
-          '/v1/x',
-          { authorization: `Bearer ${token}` },
-          who === undefined ? undefined : as.certs[who],
-        );
-        expect(res.status).toBe(401);
-        expect(res.headers['www-authenticate']).toBe(
-          `Bearer realm="${as.tokenEndpoint}", error="invalid_token"`,
-        );
-      },
+  beforeAll(async () => {
+    as = await startOAuth2Server();
+    for (const id of ['app', 'app-mtls']) as.claims.set(id, ALICE);
+    const middleware = createExpressAuth(
+      extOptions(as, { thumbprint_verify: true, www_authenticate_challenge: 'rfc6750' }),
     );
-
-    it('an unbound token is refused when thumbprint_verify is on, whatever the certificate', async () => {
-      const token = await as.token();
-      const res = await get('/v1/x', { authorization: `Bearer ${token}` }, as.certs.alice);
-      expect(res.status).toBe(401);
+    auth.close = () => middleware.authenticator.close();
+    const app = express();
+    app.use(middleware);
+    app.get('/app401', (_req, res) => {
+      res.status(401).send('no');
     });
-
-    it('no token: 401 with a Bearer challenge without an error code (RFC 6750 §3.1)', async () => {
-      const res = await get('/v1/x', {}, as.certs.alice);
-      expect(res.status).toBe(401);
-      expect(res.headers['www-authenticate']).toBe(`Bearer realm="${as.tokenEndpoint}"`);
+    app.get('/{*path}', (req, res) => {
+      res.json({ headers: req.headers, user: req.keystone?.user?.userId });
     });
+    const serverCert = as.serverCert;
+    // Client certificates asked for, not required: a client without one still reaches the middleware.
+    server = createHttpsServer(
+      {
+        cert: serverCert.cert,
+        key: serverCert.key,
+        ca: as.ca.cert,
+        requestCert: true,
+        rejectUnauthorized: false,
+      },
+      app,
+    );
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    url = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  afterAll(async () => {
+    await Promise.all([...agents.values()].map((agent) => agent.close()));
+    await auth.close();
+    server?.closeAllConnections();
+    await new Promise<void>((resolve) => (server ? server.close(() => resolve()) : resolve()));
+    await as?.close();
+  });
 
-    it("the application's own 401 gets the challenge too", async () => {
-      const token = await as.boundToken(as.certs.alice);
-      const res = await get('/app401', { authorization: `Bearer ${token}` }, as.certs.alice);
-      expect(res.status).toBe(401);
-      expect(res.headers['www-authenticate']).toBe(`Bearer realm="${as.tokenEndpoint}"`);
-    });
-  },
-);
+  function agentFor(cert: IssuedFiles | undefined): Agent {
+    const key = cert?.certFile ?? 'none';
+    let agent = agents.get(key);
+    if (agent === undefined) {
+      agent = new Agent({
+        connect: { ca: as.ca.cert, ...(cert === undefined ? {} : { cert: cert.cert, key: cert.key }) },
+      });
+      agents.set(key, agent);
+    }
+    return agent;
+  }
 
-describe.skipIf(skipWithoutOpenssl())('external_oauth2_token cache: expiry re-checked on every hit', () => {
+  async function get(path: string, headers: Record<string, string>, cert?: IssuedFiles) {
+    const res = await request(`${url}${path}`, { headers, dispatcher: agentFor(cert) });
+    const text = await res.body.text();
+    return { status: res.statusCode, headers: res.headers, text };
+  }
+
+  it('a bound token on a connection with its certificate: forwarded, spoofed headers gone', async () => {
+    const token = await as.boundToken(as.certs.alice);
+    const res = await get(
+      '/v1/x',
+      {
+        authorization: `Bearer ${token}`,
+        'X-Is-Admin-Project': 'true',
+        'OpenStack-System-Scope': 'all',
+        X_Roles: 'admin',
+      },
+      as.certs.alice,
+    );
+    expect(res.status).toBe(200);
+    const body = JSON.parse(res.text) as { headers: Record<string, string>; user: string };
+    expect(body.user).toBe('app-mtls');
+    expect(body.headers['x-roles']).toBe('member');
+    expect(body.headers['x-is-admin-project']).toBeUndefined();
+    expect(body.headers['openstack-system-scope']).toBeUndefined();
+    expect(body.headers.x_roles).toBeUndefined();
+  });
+
+  it.each([
+    ['another certificate', 'mallory'],
+    ['no certificate', undefined],
+  ] as const)('the same token with %s: 401 with an RFC 6750 invalid_token challenge', async (_name, who) => {
+    const token = await as.boundToken(as.certs.alice);
+    const res = await get(
+      '/v1/x',
+      { authorization: `Bearer ${token}` },
+      who === undefined ? undefined : as.certs[who],
+    );
+    expect(res.status).toBe(401);
+    expect(res.headers['www-authenticate']).toBe(`Bearer realm="${as.tokenEndpoint}", error="invalid_token"`);
+  });
+
+  it('an unbound token is refused when thumbprint_verify is on, whatever the certificate', async () => {
+    const token = await as.token();
+    const res = await get('/v1/x', { authorization: `Bearer ${token}` }, as.certs.alice);
+    expect(res.status).toBe(401);
+  });
+
+  it('no token: 401 with a Bearer challenge without an error code (RFC 6750 §3.1)', async () => {
+    const res = await get('/v1/x', {}, as.certs.alice);
+    expect(res.status).toBe(401);
+    expect(res.headers['www-authenticate']).toBe(`Bearer realm="${as.tokenEndpoint}"`);
+  });
+
+  it("the application's own 401 gets the challenge too", async () => {
+    const token = await as.boundToken(as.certs.alice);
+    const res = await get('/app401', { authorization: `Bearer ${token}` }, as.certs.alice);
+    expect(res.status).toBe(401);
+    expect(res.headers['www-authenticate']).toBe(`Bearer realm="${as.tokenEndpoint}"`);
+  });
+});
+
+describe.skipIf(!opensslAvailable())('external_oauth2_token cache: expiry re-checked on every hit', () => {
   let as: OAuth2Server;
   beforeAll(async () => {
     as = await startOAuth2Server();
@@ -211,7 +203,7 @@ describe.skipIf(skipWithoutOpenssl())('external_oauth2_token cache: expiry re-ch
   });
 });
 
-describe.skipIf(skipWithoutOpenssl())('external_oauth2_token in Koa and the plain node:http handler', () => {
+describe.skipIf(!opensslAvailable())('external_oauth2_token in Koa and the plain node:http handler', () => {
   let as: OAuth2Server;
   const running: Running[] = [];
   const authenticators: Authenticator[] = [];
@@ -280,7 +272,7 @@ describe.skipIf(skipWithoutOpenssl())('external_oauth2_token in Koa and the plai
   );
 });
 
-describe.skipIf(skipWithoutOpenssl() || skipWithoutMemcached)(
+describe.skipIf(!opensslAvailable() || skipWithoutMemcached)(
   'external_oauth2_token: memcached shared by replicas',
   () => {
     let as: OAuth2Server;

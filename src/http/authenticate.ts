@@ -132,8 +132,8 @@ export function createEngine(
   const answers = answersFor(options, wwwAuthenticateUri);
   const outcomes = new OutcomeBuilder({
     includeCatalog: options.includeServiceCatalog,
-    // X-Identity-Status: auth_token and external_oauth2_token set it, oauth2_token does not.
-    identityStatus: options.filter !== 'oauth2_token',
+    // X-Identity-Status: auth_token and external_oauth2_token set it, the Keystone OAuth2 filters do not.
+    identityStatus: options.filter === 'auth_token' || options.filter === 'external_oauth2_token',
     flavor: ext === undefined ? 'keystone' : 'external',
     answers,
   });
@@ -269,7 +269,7 @@ interface OutcomeOptions {
 
 class OutcomeBuilder {
   readonly #includeCatalog: boolean;
-  /** X-Identity-Status: auth_token and external_oauth2_token set it, oauth2_token does not. */
+  /** X-Identity-Status: auth_token and external_oauth2_token set it, oauth2_token and oauth2_mtls_token do not. */
   readonly #identityStatus: boolean;
   readonly #flavor: 'keystone' | 'external';
   readonly #answers: FilterAnswers;

@@ -863,8 +863,9 @@ describe.skipIf(!cliBuilt())('hostile clients (real CLI)', () => {
       const status = result.responses[0]?.status;
       if (status !== undefined) expect(status).toBe(408);
       expect(result.closed || status === 408).toBe(true);
-      // headers_timeout (1 s) + the sweep interval (250 ms here) + slack
-      expect(Date.now() - result.startedAt).toBeLessThan(5_000);
+      // Answered by our headers_timeout (1 s + the 250 ms sweep), not by Node's own bound (~30 s) nor this
+      // test's 40 s wait: the time until the proxy answered or closed, with room for a loaded machine.
+      expect(result.ms).toBeLessThan(15_000);
       expect(byUrl('/public/slow-loris')).toEqual([]);
     }, 40_000);
 

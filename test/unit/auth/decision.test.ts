@@ -474,3 +474,47 @@ describe('decide: oauth2_mtls_token', () => {
     });
   });
 });
+
+describe('oauth2 filters: any Authorization value (fast-check)', () => {
+  it('forwards only `Bearer <the valid token>`, never throws, never reads another header', async () => {
+    const valueChar = fc.oneof(
+      fc.constantFrom('B', 'e', 'a', 'r', 'b', ' ', '\t', 'g', 'o', 'd', ',', '=', '"'),
+      fc.integer({ min: 0x20, max: 0x7e }).map((c) => String.fromCharCode(c)),
+    );
+    const authorization = fc.oneof(
+      fc.string({ unit: valueChar, maxLength: 20 }),
+      fc.string({ unit: valueChar, maxLength: 4 }).map((pad) => `Bearer ${pad}good${pad}`),
+      fc.constantFrom(
+        'Bearer good',
+        'bearer good',
+        'Bearer  good',
+        'Bearer good ',
+        'Basic good',
+        'Bearergood',
+      ),
+    );
+    await fc.assert(
+      fc.asyncProperty(
+        authorization,
+        fc.constantFrom<DecisionPolicy['filter']>('oauth2_token', 'oauth2_mtls_token'),
+        fc.boolean(),
+        async (value, filter, delay) => {
+          const p: DecisionPolicy = { ...policy, filter, delayAuthDecision: delay };
+          const good = filter === 'oauth2_mtls_token' ? { ...USER, certThumbprint: 'x' } : USER;
+          const check = checker({ good: valid(good) });
+          const sent = {
+            ...request({ authorization: value, 'x-auth-token': 'good', 'x-service-token': 'good' }),
+            clientCertificate: undefined,
+          };
+          const decision = await decide(sent, p, check);
+          const isBearerGood = value.startsWith('Bearer ') && value.slice(7).trim() === 'good';
+          // mTLS without a certificate never forwards; oauth2_token forwards exactly the well-formed valid token.
+          const expected = isBearerGood && filter === 'oauth2_token' ? 'forward' : 'reject';
+          expect(decision.action).toBe(expected);
+          for (const [token] of check.mock.calls) expect(value).toContain(token);
+        },
+      ),
+      { numRuns: 500 },
+    );
+  });
+});

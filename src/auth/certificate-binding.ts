@@ -42,11 +42,24 @@ export function certificateBinding(
 ): BindingVerdict {
   if (boundThumbprint === undefined || boundThumbprint.length === 0) return 'not_bound_token';
   if (certificate === undefined) return 'no_certificate';
-  // Both spellings of the PEM: the one this process was given and the canonical one re-made from the DER.
-  const candidates = [
-    keystoneThumbprint(certificate.pem),
-    keystoneThumbprint(pemOf(certificate.der)),
-    rfc8705Thumbprint(certificate.der),
-  ];
-  return candidates.some((candidate) => sameText(candidate, boundThumbprint)) ? 'bound' : 'mismatch';
+  return thumbprintsOf(certificate).some((candidate) => sameText(candidate, boundThumbprint))
+    ? 'bound'
+    : 'mismatch';
+}
+
+/** Per certificate object: the listener keeps one per connection, the ingress reader one per header value. */
+const thumbprints = new WeakMap<PresentedCertificate, readonly string[]>();
+
+function thumbprintsOf(certificate: PresentedCertificate): readonly string[] {
+  let known = thumbprints.get(certificate);
+  if (known === undefined) {
+    // Both spellings of the PEM: the one this process was given and the canonical one re-made from the DER.
+    known = [
+      keystoneThumbprint(certificate.pem),
+      keystoneThumbprint(pemOf(certificate.der)),
+      rfc8705Thumbprint(certificate.der),
+    ];
+    thumbprints.set(certificate, known);
+  }
+  return known;
 }

@@ -42,7 +42,9 @@ export function clientCertificateOf(socket: Socket): ClientCertificate | undefin
 
 /** The verified client certificate of the connection a request arrived on. */
 export function clientCertificate(req: IncomingMessage): ClientCertificate | undefined {
-  return clientCertificateOf(req.socket);
+  // A request made by hand (light-my-request, a test double) or whose connection is gone has no socket.
+  const socket = req.socket as Socket | null | undefined;
+  return socket ? clientCertificateOf(socket) : undefined;
 }
 
 export function describe(x509: X509Certificate): ClientCertificate {

@@ -398,7 +398,7 @@ export function createMetrics(options: MetricsOptions): ProxyMetrics {
   if (options.filter !== undefined) {
     new Gauge({
       name: name('auth_filter_info'),
-      help: 'Always 1; the filter label names the keystonemiddleware filter the proxy acts as (auth_token, oauth2_token).',
+      help: 'Always 1; the filter label names the keystonemiddleware filter the proxy acts as (the filter key).',
       labelNames: ['filter'] as const,
       registers,
       aggregator: 'first',

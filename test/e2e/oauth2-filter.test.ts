@@ -83,6 +83,24 @@ describe.skipIf(!cliBuilt())('filter: oauth2_token (real CLI, workers: 2)', () =
     expect(await res.text()).toBe(UNAUTHORIZED_BODY);
   });
 
+  it('32 concurrent requests with one new Bearer token: one Keystone validation for the host', async () => {
+    const fresh = keystone.issueToken({
+      user: users.demo,
+      scope: { project: projects.demo },
+      roles: [roles.member],
+    });
+    const before = keystone.count('validate');
+    const statuses = await Promise.all(
+      Array.from({ length: 32 }, () =>
+        fetch(`${proxy.url}/v1/things`, { headers: { authorization: `Bearer ${fresh}` } }).then(
+          (r) => r.status,
+        ),
+      ),
+    );
+    expect(statuses).toEqual(Array(32).fill(200));
+    expect(keystone.count('validate') - before).toBe(1);
+  });
+
   it('forward-auth reads the same header', async () => {
     const url = proxy.forwardAuthUrl as string;
     const ok = await fetch(url, { headers: { authorization: `Bearer ${token}`, 'x-original-uri': '/v1/x' } });

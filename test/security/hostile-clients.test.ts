@@ -747,6 +747,7 @@ describe.skipIf(!cliBuilt())('hostile clients (real CLI)', () => {
       'x-auth-token',
       'x-storage-token',
       'x-service-token',
+      'authorization',
     ]);
     const identityName = fc
       .tuple(fc.constantFrom(...IDENTITY_HEADERS), fc.array(fc.boolean(), { minLength: 40, maxLength: 40 }))
@@ -813,48 +814,76 @@ describe.skipIf(!cliBuilt())('hostile clients (real CLI)', () => {
     // and never 503: Keystone is healthy here, so a 503 would blame Keystone for a client's bytes. Never 500.
     const ALLOWED = [200, 400, 401, 431];
 
-    it('any headers and tokens: an allowed status, no crash, no client identity value upstream', async () => {
-      let n = 0;
-      const statuses = new Map<number, number>();
-      await fc.assert(
-        fc.asyncProperty(request, async (input) => {
-          const id = `${Date.now()}-${n++}`;
-          const path = input.route === 'public' ? `/public/fuzz/${id}` : `/fuzz/${id}`;
-          const tokenText = input.token.text();
-          const broken =
-            input.control === null ? '' : `X-Broken: a${String.fromCharCode(input.control)}b\r\n`;
-          const lines = input.headers.map(([name, v]) => `${name}: ${v}\r\n`).join('') + broken;
-          const tokenLine = tokenText === undefined ? '' : `X-Auth-Token: ${tokenText}\r\n`;
-          const text = `GET ${path} HTTP/1.1\r\nHost: p\r\n${lines}${tokenLine}Connection: close\r\n\r\n`;
-          const bytes = Buffer.from(text, 'utf8');
-          const answer = await one(proxy.url, bytes);
-          statuses.set(answer.status, (statuses.get(answer.status) ?? 0) + 1);
-          expect(ALLOWED).toContain(answer.status);
-          // the header lines come before the token line: a control character there is refused first
-          const expected =
-            input.control !== null
-              ? 400
-              : bytes.length > MAX_HEADER_BYTES
-                ? 431
-                : input.route === 'public' || input.token.kind === 'valid'
-                  ? 200
-                  : 401;
-          expect(answer.status).toBe(expected);
-          const reached = byUrl(path);
-          if (answer.status !== 200) {
-            expect(reached).toEqual([]);
-            return;
-          }
-          expect(reached).toHaveLength(1);
-          const identity = identityOf(reached[0] as Received);
-          expect(identity).toEqual(input.route === 'public' ? [] : confirmed);
-        }),
-        { numRuns: 150 },
-      );
-      expect(proxy.child.exitCode).toBeNull();
-      expect((await fetch(`${proxy.adminUrl}/healthz`)).status).toBe(200);
-      console.log(`fuzz statuses: ${JSON.stringify(Object.fromEntries(statuses))}`);
-    }, 30_000);
+    /** The same property for each filter: where the token goes, which CLI, what the upstream must see. */
+    const filters = [
+      {
+        filter: 'auth_token',
+        cli: () => proxy,
+        tokenLine: (t: string) => `X-Auth-Token: ${t}\r\n`,
+        identity: () => confirmed,
+      },
+      {
+        filter: 'oauth2_token',
+        cli: () => oauth2,
+        tokenLine: (t: string) => `Authorization: Bearer ${t}\r\n`,
+        // keystonemiddleware's oauth2_token sets no X-Identity-Status
+        identity: () => confirmed.filter(([name]) => name !== 'x-identity-status'),
+      },
+    ] as const;
+    let oauth2: CliRun;
+    beforeAll(async () => {
+      const yaml = `filter: oauth2_token\n${singleProcess(configYaml(keystone.url, upstream.url, false))}`;
+      oauth2 = await startCli(['--config', writeConfig(yaml)], ENV);
+    });
+    afterAll(() => oauth2?.stop());
+
+    it.each(filters)(
+      '$filter: any headers and tokens: an allowed status, no crash, no client identity value upstream',
+      async (f) => {
+        const proxy = f.cli();
+        let n = 0;
+        const statuses = new Map<number, number>();
+        await fc.assert(
+          fc.asyncProperty(request, async (input) => {
+            const id = `${Date.now()}-${n++}`;
+            const path = input.route === 'public' ? `/public/fuzz/${id}` : `/fuzz/${id}`;
+            const tokenText = input.token.text();
+            const broken =
+              input.control === null ? '' : `X-Broken: a${String.fromCharCode(input.control)}b\r\n`;
+            const lines = input.headers.map(([name, v]) => `${name}: ${v}\r\n`).join('') + broken;
+            const tokenLine = tokenText === undefined ? '' : f.tokenLine(tokenText);
+            const text = `GET ${path} HTTP/1.1\r\nHost: p\r\n${lines}${tokenLine}Connection: close\r\n\r\n`;
+            const bytes = Buffer.from(text, 'utf8');
+            const answer = await one(proxy.url, bytes);
+            statuses.set(answer.status, (statuses.get(answer.status) ?? 0) + 1);
+            expect(ALLOWED).toContain(answer.status);
+            // the header lines come before the token line: a control character there is refused first
+            const expected =
+              input.control !== null
+                ? 400
+                : bytes.length > MAX_HEADER_BYTES
+                  ? 431
+                  : input.route === 'public' || input.token.kind === 'valid'
+                    ? 200
+                    : 401;
+            expect(answer.status).toBe(expected);
+            const reached = byUrl(path);
+            if (answer.status !== 200) {
+              expect(reached).toEqual([]);
+              return;
+            }
+            expect(reached).toHaveLength(1);
+            const identity = identityOf(reached[0] as Received);
+            expect(identity).toEqual(input.route === 'public' ? [] : f.identity());
+          }),
+          { numRuns: 150 },
+        );
+        expect(proxy.child.exitCode).toBeNull();
+        expect((await fetch(`${proxy.adminUrl}/healthz`)).status).toBe(200);
+        console.log(`fuzz statuses: ${JSON.stringify(Object.fromEntries(statuses))}`);
+      },
+      30_000,
+    );
   });
 
   describe('after everything', () => {

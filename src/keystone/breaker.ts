@@ -4,6 +4,7 @@
  * `openMs` instead of each waiting out its own timeout. Then one request is let through as a probe (half-open):
  * success closes the breaker, failure opens it again.
  */
+import { KeystoneUnavailableError } from '../errors.js';
 import type { CircuitState } from '../observability/observer.js';
 
 export type { CircuitState };
@@ -71,6 +72,28 @@ export class CircuitBreaker {
       if (this.#options.failureThreshold <= 0) return;
       this.#openedAt = this.#options.now();
       this.#set('open');
+    }
+  }
+
+  /**
+   * One call through the breaker: refused at once while open (503 with Retry-After), counted as a failure only
+   * when the service was unavailable; any other error (an invalid token) proves the service answered.
+   */
+  async guard<T>(call: () => Promise<T>, openMessage: string): Promise<T> {
+    const admission = this.admit();
+    if (!admission.allowed) {
+      throw new KeystoneUnavailableError('circuit_open', openMessage, {
+        retryAfterSeconds: admission.retryAfterMs / 1000,
+      });
+    }
+    try {
+      const answer = await call();
+      this.success(admission.probe);
+      return answer;
+    } catch (error) {
+      if (error instanceof KeystoneUnavailableError) this.failure(admission.probe);
+      else this.success(admission.probe);
+      throw error;
     }
   }
 

@@ -185,21 +185,7 @@ export class KeystoneClient implements TokenValidator {
   }
 
   async validate(token: string, options: ValidateOptions): Promise<ValidationAnswer> {
-    const admission = this.#breaker.admit();
-    if (!admission.allowed) {
-      throw new KeystoneUnavailableError('circuit_open', 'Keystone circuit breaker is open', {
-        retryAfterSeconds: admission.retryAfterMs / 1000,
-      });
-    }
-    try {
-      const answer = await this.#validate(token, options);
-      this.#breaker.success(admission.probe);
-      return answer;
-    } catch (error) {
-      if (error instanceof KeystoneUnavailableError) this.#breaker.failure(admission.probe);
-      else this.#breaker.success(admission.probe);
-      throw error;
-    }
+    return this.#breaker.guard(() => this.#validate(token, options), 'Keystone circuit breaker is open');
   }
 
   async #validate(token: string, options: ValidateOptions): Promise<ValidationAnswer> {

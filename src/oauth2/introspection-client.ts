@@ -77,21 +77,7 @@ export class IntrospectionClient implements TokenValidator {
   }
 
   async validate(token: string, _options: ValidateOptions): Promise<ValidationAnswer> {
-    const admission = this.#breaker.admit();
-    if (!admission.allowed) {
-      throw new KeystoneUnavailableError('circuit_open', 'authorization server circuit breaker is open', {
-        retryAfterSeconds: admission.retryAfterMs / 1000,
-      });
-    }
-    try {
-      const answer = await this.#validate(token);
-      this.#breaker.success(admission.probe);
-      return answer;
-    } catch (error) {
-      if (error instanceof KeystoneUnavailableError) this.#breaker.failure(admission.probe);
-      else this.#breaker.success(admission.probe);
-      throw error;
-    }
+    return this.#breaker.guard(() => this.#validate(token), 'authorization server circuit breaker is open');
   }
 
   async #validate(token: string): Promise<ValidationAnswer> {

@@ -4,7 +4,7 @@
  * validating against the real Keystone 22. The real `openstack` client finds Glance through Keystone's
  * catalog, whose image endpoints point at the proxy: it never reaches Glance any other way.
  */
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, createReadStream, existsSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { request } from 'node:http';
@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { UNAUTHORIZED_BODY } from '../../src/http/responses.js';
 import { type CliRun, cliBuilt, ROOT, startCli, writeConfig } from '../helpers/cli.js';
 import { rssKb } from '../helpers/process-memory.js';
+import { OPENSTACK, type OsResult, runOpenstack } from './openstack-client.js';
 import {
   adminCall,
   type Fixtures,
@@ -27,7 +28,6 @@ import {
 } from './real-keystone.js';
 
 const SCRIPT = join(ROOT, 'scripts', 'glance-local.sh');
-const OPENSTACK = '/usr/bin/openstack';
 const MIB = 1024 * 1024;
 const IMAGE_MIB = 200;
 
@@ -84,13 +84,6 @@ async function sha256File(path: string): Promise<string> {
   return hash.digest('hex');
 }
 
-interface OsResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-}
-
 interface Credentials {
   user: string;
   password: string;
@@ -109,7 +102,7 @@ describe.skipIf(skip !== undefined)(skip === undefined ? title : `${title} (skip
   let shown: Record<string, unknown> | undefined;
 
   /** The real client, with a clean environment: no OS_* variable, clouds.yaml or pyenv python leaks in. */
-  const openstack = (args: string[], who: Credentials = demo): Promise<OsResult> => {
+  const openstack = async (args: string[], who: Credentials = demo): Promise<OsResult> => {
     const auth = Object.entries({
       'auth-url': keystoneUrl(),
       'identity-api-version': '3',
@@ -121,30 +114,12 @@ describe.skipIf(skip !== undefined)(skip === undefined ? title : `${title} (skip
       'project-name': f.demo.project,
       'project-domain-id': 'default',
     }).flatMap(([option, value]) => [`--os-${option}`, value]);
-    const started = performance.now();
-    return new Promise((resolve, reject) => {
-      const child: ChildProcess = spawn(OPENSTACK, [...auth, ...args], {
-        env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: work, LANG: 'C.UTF-8' },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      let stdout = '';
-      let stderr = '';
-      child.stdout?.on('data', (c: Buffer) => {
-        stdout += c.toString();
-      });
-      child.stderr?.on('data', (c: Buffer) => {
-        stderr += c.toString();
-      });
-      child.once('error', reject);
-      child.once('exit', (code) => {
-        const ms = Math.round(performance.now() - started);
-        // Which command cost what: each pays ~1.3 s of Python start-up plus a Keystone password login.
-        console.log(
-          `openstack ${args.join(' ')} (as ${who.user}): exit ${code}, ${(ms / 1000).toFixed(1)} s`,
-        );
-        resolve({ code, stdout, stderr, ms });
-      });
-    });
+    const result = await runOpenstack([...auth, ...args], work);
+    // Which command cost what: each pays ~1.3 s of Python start-up plus a Keystone password login.
+    console.log(
+      `openstack ${args.join(' ')} (as ${who.user}): exit ${result.code}, ${(result.ms / 1000).toFixed(1)} s`,
+    );
+    return result;
   };
   const json = <T>(r: OsResult): T => {
     if (r.code !== 0) throw new Error(`openstack exited ${r.code}: ${r.stderr}`);

@@ -7,13 +7,14 @@
  * bodies are deterministic. The real `openstack` client drives both with the same token; raw requests cover what
  * the client cannot send (service tokens, microversion headers, spoofed identity headers).
  */
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { type CliRun, cliBuilt, ROOT, startCli, writeConfig } from '../helpers/cli.js';
+import { OPENSTACK, type OsResult, runOpenstack } from './openstack-client.js';
 import {
   adminCall,
   type Fixtures,
@@ -26,7 +27,6 @@ import {
 } from './real-keystone.js';
 
 const SCRIPT = join(ROOT, 'scripts', 'nova-local.sh');
-const OPENSTACK = '/usr/bin/openstack';
 /** Nova 26 speaks up to 2.93; Debian 12's python-novaclient 18.1 (under openstackclient 6.0) up to 2.92. */
 const CLIENT_MICROVERSION = '2.92';
 const MICROVERSION = '2.93';
@@ -52,12 +52,6 @@ if (skip !== undefined) {
 }
 
 const run = promisify(execFile);
-
-interface OsResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 
 interface RawResult {
   status: number;
@@ -116,26 +110,7 @@ describe.skipIf(skip !== undefined)(skip === undefined ? title : `${title} (skip
   /** The real client with the token as it is (auth type admin_token): no re-authentication, no catalog. */
   const osc = (base: string, token: string, args: string[]): Promise<OsResult> => {
     const auth = ['--os-auth-type', 'admin_token', '--os-endpoint', `${base}/v2.1`, '--os-token', token];
-    return new Promise((resolve, reject) => {
-      const child: ChildProcess = spawn(
-        OPENSTACK,
-        [...auth, '--os-compute-api-version', CLIENT_MICROVERSION, ...args],
-        {
-          env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: work, LANG: 'C.UTF-8' },
-          stdio: ['ignore', 'pipe', 'pipe'],
-        },
-      );
-      let stdout = '';
-      let stderr = '';
-      child.stdout?.on('data', (c: Buffer) => {
-        stdout += c.toString();
-      });
-      child.stderr?.on('data', (c: Buffer) => {
-        stderr += c.toString();
-      });
-      child.once('error', reject);
-      child.once('exit', (code) => resolve({ code, stdout, stderr }));
-    });
+    return runOpenstack([...auth, '--os-compute-api-version', CLIENT_MICROVERSION, ...args], work);
   };
 
   /** The same command through the proxy and against the reference: equal exit code, output and error text. */
@@ -563,17 +538,7 @@ log: { level: info }
       // Not `server list`: it looks for an image endpoint too, and this catalog has none.
       ...['--os-compute-api-version', CLIENT_MICROVERSION, 'flavor', 'list', '-f', 'json'],
     ];
-    const result = await new Promise<OsResult>((resolve, reject) => {
-      execFile(
-        OPENSTACK,
-        args,
-        { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: work, LANG: 'C.UTF-8' } },
-        (error, stdout, stderr) => {
-          if (error !== null && typeof error.code !== 'number') reject(error);
-          else resolve({ code: error === null ? 0 : (error.code as number), stdout, stderr });
-        },
-      );
-    });
+    const result = await runOpenstack(args, work);
     expect(result.code, result.stderr).toBe(0);
     expect(JSON.parse(result.stdout)).toContainEqual(expect.objectContaining({ ID: flavorId }));
     await vi.waitFor(() =>

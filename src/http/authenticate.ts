@@ -185,8 +185,9 @@ export function createEngine(
 }
 
 /**
- * oauth2_mtls_token (or external_oauth2_token with thumbprint_verify) behind a TLS-terminating ingress: the certificate comes from its header instead of the
- * listener. Parsed once per distinct value (a client keeps its certificate for many requests).
+ * oauth2_mtls_token (or external_oauth2_token with thumbprint_verify) behind a TLS-terminating ingress: the
+ * certificate comes from its header instead of the listener. Parsed once per distinct value (a client keeps its
+ * certificate for many requests).
  */
 function forwardedCertificateReader(options: ResolvedAuthOptions): (request: RequestFacts) => RequestFacts {
   const header = options.clientCertificateHeader;
@@ -259,7 +260,6 @@ function contextOf(user: TokenVerdict, service: TokenVerdict | undefined): AuthC
   });
 }
 
-/** Decision → outcome. Every outcome is spelled out (no spread): one object shape, no clone per request. */
 interface OutcomeOptions {
   readonly includeCatalog: boolean;
   readonly identityStatus: boolean;
@@ -267,6 +267,7 @@ interface OutcomeOptions {
   readonly answers: FilterAnswers;
 }
 
+/** Decision → outcome. Every outcome is spelled out (no spread): one object shape, no clone per request. */
 class OutcomeBuilder {
   readonly #includeCatalog: boolean;
   /** X-Identity-Status: auth_token and external_oauth2_token set it, oauth2_token and oauth2_mtls_token do not. */

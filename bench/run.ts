@@ -7,12 +7,13 @@
  * Needs wrk (apt-get install wrk); the keystonemiddleware rows need Debian's python3-keystonemiddleware + uwsgi.
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../test/helpers/keystone-emulator.js';
+import { treeCpuSeconds } from './process-cpu.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const { values: args } = parseArgs({
@@ -48,32 +49,6 @@ interface WrkResult {
 
 /** Base URL → pid of the server process under test, to account for the CPU it used. */
 const serverPids = new Map<string, number>();
-const CLOCK_TICKS_PER_SECOND = 100;
-
-/** utime + stime, in seconds, of `pid` and every descendant (cluster workers, uwsgi workers). */
-function treeCpuSeconds(pid: number): number {
-  const stats = new Map<number, { ppid: number; ticks: number }>();
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const text = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      // Fields after the command name (which may hold spaces) start at the last ')'.
-      const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-      stats.set(Number(entry), { ppid: Number(fields[1]), ticks: Number(fields[11]) + Number(fields[12]) });
-    } catch {
-      // the process ended meanwhile
-    }
-  }
-  let ticks = 0;
-  const queue = [pid];
-  while (queue.length > 0) {
-    const current = queue.pop() as number;
-    ticks += stats.get(current)?.ticks ?? 0;
-    for (const [child, stat] of stats) if (stat.ppid === current) queue.push(child);
-  }
-  return ticks / CLOCK_TICKS_PER_SECOND;
-}
-
 const ms = (text: string | undefined): number => {
   const match = /([\d.]+)(us|ms|s)/.exec(text ?? '');
   if (!match) return Number.NaN;

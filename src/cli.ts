@@ -84,7 +84,11 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
 
-  const logger = createLogger({ level: config.log.level, format: config.log.format });
+  const logger = createLogger({
+    level: config.log.level,
+    format: config.log.format,
+    flushIntervalMs: config.log.flush_interval_seconds * 1000,
+  });
   const worker = isClusterWorker();
   const metrics = config.metrics.enabled
     ? createMetrics({

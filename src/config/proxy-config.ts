@@ -130,9 +130,17 @@ export const proxyConfigSchema = z
           .enum(['json', 'pretty'])
           .default('json')
           .describe('json: one JSON object per line; pretty: for a terminal.'),
+        flush_interval_seconds: z
+          .number()
+          .min(0)
+          .max(10)
+          .default(0.2)
+          .describe(
+            'Lines wait at most this long to be written together (or until 4 KiB wait), a line after a quiet spell goes at once; 0: one write per line (costs CPU per request). Waiting lines are written at exit.',
+          ),
       })
       .strict()
-      .default({ level: 'info', format: 'json' }),
+      .default({ level: 'info', format: 'json', flush_interval_seconds: 0.2 }),
     metrics: z
       .object({
         enabled: bool.default(true).describe('Serve /metrics on the admin listener.'),

@@ -128,4 +128,41 @@ describe.skipIf(!cliBuilt())('a log reader that goes away or stalls', () => {
     // Grace period (2 s, unused: nothing in flight) + at most 20 × 100 ms waiting for the reader.
     expect(result.afterMs()).toBeLessThan(6_000);
   });
+
+  it('batched lines (flush_interval_seconds: 3): requests just after start-up wait, every one is written by SIGTERM', async () => {
+    const batched = writeConfig(
+      singleProcess(
+        sidecarYaml({
+          keystoneUrl: keystone.url,
+          upstreamUrl: upstream.url,
+          responseTimeoutSeconds: 2,
+          keystoneTimeoutSeconds: 2,
+          rest: 'log: { level: info, flush_interval_seconds: 3 }\nshutdown: { grace_period_seconds: 2 }\n',
+        }),
+      ),
+    );
+    const { child, url, exit } = await start(batched);
+    let out = '';
+    child.stdout?.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+    });
+    const t = token();
+    for (let i = 0; i < 5; i++) {
+      const res = await fetch(`${url}/v1/batched-${i}`, { headers: { 'x-auth-token': t } });
+      await res.arrayBuffer();
+      expect(res.status).toBe(200);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const requestLines = () =>
+      out
+        .split('\n')
+        .filter((line) => line.includes('"msg":"request"'))
+        .map((line) => (JSON.parse(line) as { path: string }).path);
+    // Start-up lines were handed over less than 3 s ago, and five short lines are far below 4 KiB.
+    expect(requestLines()).toEqual([]);
+    child.kill('SIGTERM');
+    const result = await exit;
+    expect(result.code).toBe(0);
+    expect(requestLines()).toEqual([0, 1, 2, 3, 4].map((i) => `/v1/batched-${i}`));
+  });
 });

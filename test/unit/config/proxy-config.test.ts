@@ -34,7 +34,7 @@ describe('proxy configuration', () => {
     const config = resolveProxyConfig(minimal, { NOVA_SERVICE_PASSWORD: 's3cret' });
     expect(config.keystone_authtoken?.password).toBe('s3cret');
     expect(config.upstream).toMatchObject({ connect_timeout_seconds: 5, response_timeout_seconds: 120 });
-    expect(config.log).toEqual({ level: 'info', format: 'json' });
+    expect(config.log).toEqual({ level: 'info', format: 'json', flush_interval_seconds: 0.2 });
     expect(config.metrics).toEqual({ enabled: true, prefix: 'keystone_auth_proxy' });
     expect(config.shutdown.grace_period_seconds).toBe(25);
     expect(config.public_routes).toEqual([]);
@@ -70,11 +70,13 @@ describe('proxy configuration', () => {
       upstream: { url: 'http://u/?q=1', surprise: 1 },
       keystone_authtoken: { ...minimal.keystone_authtoken, token_cache_time: 'x', bogus_option: 1 },
       metrics: { prefix: 'bad-prefix' },
+      log: { flush_interval_seconds: 11 },
     });
     expect(found.map((i) => i.path).sort()).toEqual([
       'keystone_authtoken.bogus_option',
       'keystone_authtoken.token_cache_time',
       'listen.port',
+      'log.flush_interval_seconds',
       'metrics.prefix',
       'upstream.surprise',
       'upstream.url',

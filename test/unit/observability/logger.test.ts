@@ -1,3 +1,6 @@
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { describe, expect, it, vi } from 'vitest';
 import {
@@ -5,6 +8,7 @@ import {
   type LoggerOptions,
   REDACT_PATHS,
   REDACTED,
+  stdoutDestination,
 } from '../../../src/observability/logger.js';
 import type { Logger } from '../../../src/observability/observer.js';
 
@@ -220,5 +224,64 @@ describe('createLogger (pretty)', () => {
     await new Promise<void>((resolve) => destination.end(resolve));
     expect(chunks).toHaveLength(1);
     expect(chunks[0]).toMatch(/ ERROR kept code=E1\n$/);
+  });
+});
+
+describe('stdoutDestination batching (flushIntervalMs)', () => {
+  const fileDestination = (flushIntervalMs: number) => {
+    const dir = mkdtempSync(join(tmpdir(), 'kap-log-'));
+    const file = join(dir, 'out.log');
+    const fd = openSync(file, 'w');
+    const stream = stdoutDestination(fd, flushIntervalMs);
+    return {
+      stream,
+      read: () => readFileSync(file, 'utf8'),
+      close: () => {
+        closeSync(fd);
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  };
+  const line = (n: number) => `${JSON.stringify({ msg: 'request', n })}\n`;
+
+  it('0: each line is written at once', async () => {
+    const out = fileDestination(0);
+    try {
+      out.stream.write(line(1));
+      await vi.waitFor(() => expect(out.read()).toBe(line(1)), { timeout: 1000, interval: 5 });
+    } finally {
+      out.close();
+    }
+  });
+
+  it('> 0: a line after a quiet interval at once, the next ones together an interval later, in order', async () => {
+    const out = fileDestination(300);
+    try {
+      out.stream.write(line(1));
+      await vi.waitFor(() => expect(out.read()).toBe(line(1)), { timeout: 1000, interval: 5 });
+      out.stream.write(line(2));
+      out.stream.write(line(3));
+      await new Promise((r) => setTimeout(r, 100));
+      expect(out.read()).toBe(line(1));
+      await vi.waitFor(() => expect(out.read()).toBe(line(1) + line(2) + line(3)), {
+        timeout: 2000,
+        interval: 10,
+      });
+    } finally {
+      out.close();
+    }
+  });
+
+  it('> 0: once 4 KiB wait they are written without waiting for the interval', async () => {
+    const out = fileDestination(10_000);
+    try {
+      out.stream.write(line(-1));
+      const lines = Array.from({ length: 200 }, (_, n) => line(n)).join('');
+      expect(lines.length).toBeGreaterThan(4096);
+      out.stream.write(lines);
+      await vi.waitFor(() => expect(out.read()).toBe(line(-1) + lines), { timeout: 1000, interval: 5 });
+    } finally {
+      out.close();
+    }
   });
 });

@@ -143,6 +143,7 @@ function startProxy(
   workers: string,
   dir: string,
   name = `proxy-${workers}`,
+  log = 'log: { level: info }',
 ): Promise<{ url: string; child: ChildProcess; pid: number }> {
   const file = join(dir, `${name}.yaml`);
   writeFileSync(
@@ -151,7 +152,7 @@ function startProxy(
 listen: { host: 127.0.0.1, port: 0 }
 upstream: { url: "${novaUrl}" }
 admin_listen: { host: 127.0.0.1, port: 0 }
-log: { level: info }
+${log}
 keystone_authtoken:
   www_authenticate_uri: "${keystone}"
   auth_url: "${keystone}"
@@ -305,7 +306,17 @@ async function main(): Promise<void> {
   try {
     const one = await startProxy(nova.NOVA_URL as string, keystone, f, '1', dir);
     const auto = await startProxy(nova.NOVA_URL as string, keystone, f, 'auto', dir);
-    children.push(one.child, auto.child);
+    // The baseline of the log batching, in the same run: one write per access-log line, as before it.
+    const unbatched = await startProxy(
+      nova.NOVA_URL as string,
+      keystone,
+      f,
+      '1',
+      dir,
+      'proxy-unbatched',
+      'log: { level: info, flush_interval_seconds: 0 }',
+    );
+    children.push(one.child, auto.child, unbatched.child);
     const { token, body } = await demoToken(keystone, f);
     const h = { 'X-Auth-Token': token };
     const counts: Record<string, number> = {};
@@ -320,7 +331,7 @@ async function main(): Promise<void> {
     const sent = await sidecarHeaders(keystone, f, dir, token, first);
     // Warm every cache: the token in both proxies and in each keystonemiddleware worker, Nova's workers.
     for (let i = 0; i < 20; i++) {
-      for (const base of [one.url, auto.url, nova.NOVA_REFERENCE_URL as string]) {
+      for (const base of [one.url, auto.url, unbatched.url, nova.NOVA_REFERENCE_URL as string]) {
         for (const path of PATHS) {
           const res = await fetch(`${base}${path}`, { headers: h });
           if (res.status !== 200) throw new Error(`${base}${path}: HTTP ${res.status}`);
@@ -355,6 +366,11 @@ async function main(): Promise<void> {
         'our sidecar (workers: auto) + trusted-auth Nova, cached token',
         () => wrk(`${auto.url}${path}`, h, { ...trusted, sidecar: auto.pid }),
       ],
+      [
+        path,
+        'our sidecar (workers: 1, one write per log line: flush_interval_seconds 0) + trusted-auth Nova',
+        () => wrk(`${unbatched.url}${path}`, h, { ...trusted, sidecar: unbatched.pid }),
+      ],
     ]);
     const key = (path: string, name: string): string => `${path} ${name}`;
     const results = new Map<string, Row[]>(scenarios.map(([path, name]) => [key(path, name), []]));
@@ -379,6 +395,11 @@ async function main(): Promise<void> {
         rps(path, 'our sidecar (workers: 1) + trusted-auth Nova, cached token') / ksm;
       ratios[`${path} our sidecar (workers: auto) / keystonemiddleware in-process`] =
         rps(path, 'our sidecar (workers: auto) + trusted-auth Nova, cached token') / ksm;
+      ratios[`${path} our sidecar (workers: 1), one write per log line / keystonemiddleware in-process`] =
+        rps(
+          path,
+          'our sidecar (workers: 1, one write per log line: flush_interval_seconds 0) + trusted-auth Nova',
+        ) / ksm;
       ratios[`${path} keystonemiddleware in-process / Nova alone`] =
         ksm / rps(path, 'trusted-auth Nova alone, the identity headers keystonemiddleware sets, by hand');
       ratios[`${path} Nova alone: the sidecar's headers / keystonemiddleware's`] =

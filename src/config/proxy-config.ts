@@ -136,7 +136,7 @@ export const proxyConfigSchema = z
           .max(10)
           .default(0.2)
           .describe(
-            'Lines wait at most this long to be written together (or until 4 KiB wait), a line after a quiet spell goes at once; 0: one write per line (costs CPU per request). Waiting lines are written at exit.',
+            'Access-log lines wait at most this long to be written together (or until 4 KiB wait), one after a quiet spell goes at once; other lines always go at once. 0: one write per line (costs CPU per request). Waiting lines are written at exit.',
           ),
       })
       .strict()

@@ -61,6 +61,9 @@ export type MemcachedOperation = 'get' | 'set' | 'delete';
 /** `skipped_down`: the server is marked down, answered at once without trying it. */
 export type MemcachedOutcome = 'hit' | 'miss' | 'ok' | 'error' | 'timeout' | 'skipped_down';
 
+/** The `msg` of the one access-log line per request (the logger writes only these lines together). */
+export const ACCESS_LOG_MESSAGE = 'request';
+
 /** The subset of pino's API the engine uses; pino loggers satisfy it. */
 export interface Logger {
   debug(obj: object, msg: string): void;

@@ -15,7 +15,7 @@ import type { Authenticator } from '../http/authenticate.js';
 import { requestPath, sendPrepared } from '../http/node-request.js';
 import { REQUEST_ID_HEADER } from '../identity/headers.js';
 import type { ProxyMetrics } from '../observability/metrics.js';
-import type { Logger } from '../observability/observer.js';
+import { ACCESS_LOG_MESSAGE, type Logger } from '../observability/observer.js';
 import { requestIdOf } from './request-id.js';
 
 export interface ForwardAuthOptions {
@@ -92,7 +92,7 @@ export function createForwardAuthHandler(options: ForwardAuthOptions): ForwardAu
               reason: outcome.action === 'respond' ? outcome.reason : outcome.context.reason,
               cache: outcome.cache,
             },
-            'request',
+            ACCESS_LOG_MESSAGE,
           );
         })
         .catch((error: unknown) => {

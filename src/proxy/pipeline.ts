@@ -18,7 +18,7 @@ import {
 import { errorResponse, type PreparedResponse, rawResponse } from '../http/responses.js';
 import { REQUEST_ID_HEADER } from '../identity/headers.js';
 import type { ProxyMetrics, RequestDecision } from '../observability/metrics.js';
-import type { Logger } from '../observability/observer.js';
+import { ACCESS_LOG_MESSAGE, type Logger } from '../observability/observer.js';
 import { type Forwarder, removeHopByHop, type UpstreamFailure } from './forwarder.js';
 import { onceOver, reasonOf } from './listeners.js';
 import { requestIdOf } from './request-id.js';
@@ -113,8 +113,8 @@ export function createPipeline(options: PipelineOptions): Pipeline {
       upstreamError: exchange.upstreamFailure,
       completed: res.writableFinished,
     };
-    if (status >= 500 || !res.writableFinished) logger.warn(line, 'request');
-    else logger.info(line, 'request');
+    if (status >= 500 || !res.writableFinished) logger.warn(line, ACCESS_LOG_MESSAGE);
+    else logger.info(line, ACCESS_LOG_MESSAGE);
   };
 
   /** Before anything can look at the request: the client's identity headers and hop-by-hop headers go. */
@@ -246,7 +246,7 @@ export function createPipeline(options: PipelineOptions): Pipeline {
             status: outcome.action === 'respond' ? outcome.response.status : 101,
             userId: outcome.action === 'forward' ? outcome.context.user?.userId : undefined,
           },
-          'request',
+          ACCESS_LOG_MESSAGE,
         );
         if (outcome.action === 'respond') {
           reject(outcome.response);

@@ -242,7 +242,9 @@ describe('stdoutDestination batching (flushIntervalMs)', () => {
       },
     };
   };
-  const line = (n: number) => `${JSON.stringify({ msg: 'request', n })}\n`;
+  // As pino writes them: `msg` last.
+  const line = (n: number) => `${JSON.stringify({ level: 'info', n, msg: 'request' })}\n`;
+  const other = (msg: string) => `${JSON.stringify({ level: 'info', msg })}\n`;
 
   it('0: each line is written at once', async () => {
     const out = fileDestination(0);
@@ -267,6 +269,26 @@ describe('stdoutDestination batching (flushIntervalMs)', () => {
         timeout: 2000,
         interval: 10,
       });
+    } finally {
+      out.close();
+    }
+  });
+
+  it('> 0: any other line goes at once, with the access lines waiting before it, in order', async () => {
+    const out = fileDestination(10_000);
+    try {
+      out.stream.write(line(1));
+      await vi.waitFor(() => expect(out.read()).toBe(line(1)), { timeout: 1000, interval: 5 });
+      out.stream.write(line(2));
+      // Not an access line, though its message starts the same way.
+      out.stream.write(other('request failed'));
+      await vi.waitFor(() => expect(out.read()).toBe(line(1) + line(2) + other('request failed')), {
+        timeout: 1000,
+        interval: 5,
+      });
+      out.stream.write(line(3));
+      await new Promise((r) => setTimeout(r, 100));
+      expect(out.read()).toBe(line(1) + line(2) + other('request failed'));
     } finally {
       out.close();
     }

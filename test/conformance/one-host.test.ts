@@ -48,7 +48,8 @@ async function validations(proxy: CliRun): Promise<number> {
 }
 
 async function pidsSince(proxy: CliRun, from: number): Promise<Set<unknown>> {
-  await sleep(100);
+  // Access lines wait up to log.flush_interval_seconds (0.2 s) to be written.
+  await sleep(450);
   return new Set(
     proxy.logs
       .slice(from)

@@ -76,7 +76,8 @@ async function sequential(proxy: CliRun, count: number, token: () => string): Pr
 
 /** Worker pids that logged a request since log line `from`. */
 async function servingPids(proxy: CliRun, from = 0): Promise<Set<unknown>> {
-  await sleep(100);
+  // Access lines wait up to log.flush_interval_seconds (0.2 s) to be written.
+  await sleep(450);
   return new Set(
     proxy.logs
       .slice(from)

@@ -6,7 +6,7 @@
  * metrics, no token or secret in the logs at trace level; an unreachable server gives 503 + Retry-After; config
  * problems exit 2 naming the path.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { EXT_FORBIDDEN_BODY, EXT_UNAUTHORIZED_BODY, EXT_UNAVAILABLE_BODY } from '../../src/http/responses.js';
 import { httpsGet, opensslAvailable } from '../helpers/certificates.js';
 import { type CliRun, cliBuilt, runCli, scrapeMetric, startCli, writeConfig } from '../helpers/cli.js';
@@ -241,8 +241,11 @@ describe.skipIf(!cliBuilt() || !opensslAvailable())(
           'keystone_auth_proxy_keystone_requests_total{operation="introspect",outcome="ok"}',
         ),
       ).toBeGreaterThan(0);
-      const line = proxy.logs.find((entry) => entry.msg === 'request' && entry.path === '/v1/things');
-      expect(line?.filter).toBe('external_oauth2_token');
+      // Access lines may wait log.flush_interval_seconds to be written.
+      await vi.waitFor(() => {
+        const line = proxy.logs.find((entry) => entry.msg === 'request' && entry.path === '/v1/things');
+        expect(line?.filter).toBe('external_oauth2_token');
+      });
     });
 
     it('no token and no client secret in the logs (trace level, both workers and the primary)', () => {

@@ -3,7 +3,7 @@
  * from `Authorization: Bearer` only, the application sees keystonemiddleware's oauth2_token headers (no
  * X-Identity-Status), forward-auth reads the same header, and /metrics and the access log name the filter.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { UNAUTHORIZED_BODY } from '../../src/http/responses.js';
 import {
   type CliRun,
@@ -115,8 +115,11 @@ describe.skipIf(!cliBuilt())('filter: oauth2_token (real CLI, workers: 2)', () =
     expect(
       await scrapeMetric(proxy.adminUrl, 'keystone_auth_proxy_auth_filter_info{filter="oauth2_token"}'),
     ).toBe(1);
-    const line = proxy.logs.find((entry) => entry.msg === 'request' && entry.path === '/v1/things');
-    expect(line?.filter).toBe('oauth2_token');
+    // Access lines may wait log.flush_interval_seconds to be written.
+    await vi.waitFor(() => {
+      const line = proxy.logs.find((entry) => entry.msg === 'request' && entry.path === '/v1/things');
+      expect(line?.filter).toBe('oauth2_token');
+    });
   });
 });
 

@@ -3,7 +3,7 @@
  * emulator: the paths a client can take through the sidecar, its admin endpoints, and its shutdown.
  */
 import { connect } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { UNAUTHORIZED_BODY } from '../../src/http/responses.js';
 import {
   type CliRun,
@@ -210,9 +210,10 @@ describe.skipIf(!cliBuilt())('sidecar end to end (real CLI)', () => {
     expect(other.headers.get('x-openstack-request-id')).toMatch(/^req-[0-9a-f-]{36}$/);
     const unauthorized = await fetch(`${proxy.url}/v1`);
     expect(unauthorized.headers.get('x-openstack-request-id')).toMatch(/^req-[0-9a-f-]{36}$/);
-    // the id is in the access log line of the request
-    await new Promise((r) => setTimeout(r, 50));
-    expect(proxy.logs.some((line) => line.requestId === id && line.msg === 'request')).toBe(true);
+    // the id is in the access log line of the request (access lines may wait log.flush_interval_seconds)
+    await vi.waitFor(() =>
+      expect(proxy.logs.some((line) => line.requestId === id && line.msg === 'request')).toBe(true),
+    );
   });
 
   it('Connection listing identity headers cannot remove the injected ones (regression)', async () => {

@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { fixtures, startKeystoneEmulator } from '../test/helpers/keystone-emulator.js';
+import { emulatorProxyYaml } from './emulator-proxy.js';
 import { treeCpuSeconds } from './process-cpu.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
@@ -81,22 +82,7 @@ function startProxy(keystone: string, upstream: string, yaml: string, dir: strin
   const file = join(dir, `proxy-${n}.yaml`);
   // Fixed ports: with log.level warn there is no start-up line to read the port from.
   const port = 18_950 + 2 * n;
-  writeFileSync(
-    file,
-    `listen: { host: 127.0.0.1, port: ${port} }
-upstream: { url: "${upstream}" }
-admin_listen: { host: 127.0.0.1, port: ${port + 1} }
-keystone_authtoken:
-  www_authenticate_uri: "${keystone}"
-  auth_url: "${keystone}"
-  username: proxy
-  password: proxy-secret
-  user_domain_name: Default
-  project_name: service
-  project_domain_name: Default
-${yaml}
-`,
-  );
+  writeFileSync(file, emulatorProxyYaml(keystone, upstream, { listen: port, admin: port + 1 }, yaml));
   const child: ChildProcess = spawn(process.execPath, ['dist/cli.js', '--config', file], {
     cwd: ROOT,
     stdio: ['ignore', 'ignore', 'inherit'],

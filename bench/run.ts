@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../test/helpers/keystone-emulator.js';
+import { emulatorProxyYaml } from './emulator-proxy.js';
 import { treeCpuSeconds } from './process-cpu.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
@@ -142,20 +143,7 @@ function cli(keystone: string, upstream: string, extra: string): Promise<string>
   const file = join(dir, 'config.yaml');
   writeFileSync(
     file,
-    `listen: { host: 127.0.0.1, port: 0 }
-upstream: { url: "${upstream}" }
-admin_listen: { host: 127.0.0.1, port: 0 }
-log: { level: info }
-keystone_authtoken:
-  www_authenticate_uri: "${keystone}"
-  auth_url: "${keystone}"
-  username: proxy
-  password: proxy-secret
-  user_domain_name: Default
-  project_name: service
-  project_domain_name: Default
-${extra}
-`,
+    emulatorProxyYaml(keystone, upstream, { listen: 0, admin: 0 }, `log: { level: info }\n${extra}`),
   );
   // log level info, as operators run it: one access-log line per request, in every proxy row alike.
   const nodeArgs = serverNodeArgs();

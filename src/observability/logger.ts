@@ -15,7 +15,7 @@ export interface LoggerOptions {
   destination?: DestinationStream;
   /** Fields added to every line; replaces pino's default `pid` and `hostname`. */
   base?: Record<string, unknown>;
-  /** For the stdout destination: lines wait up to this long (or until 4 KiB wait) to be written together; 0: at once. */
+  /** JSON to stdout: access-log lines wait up to this long (or until 4 KiB wait) to be written together; 0: at once. */
   flushIntervalMs?: number;
 }
 
@@ -103,7 +103,7 @@ export function stdoutDestination(fd = 1, flushIntervalMs = 0): DestinationStrea
  * `intervalMs` after the last hand-over, or until 4 KiB wait. Every other line (start-up, reloads, the breaker,
  * shutdown, errors) goes at once, with whatever waits before it, in order. At a few hundred requests a second, one
  * write per access-log line (a thread-pool hop and its wake-ups) cost 2 to 11 % of the proxy's CPU per request
- * (bench/README.md, low rate). The pretty format's lines are never access lines here: they all go at once.
+ * (bench/README.md, low rate).
  */
 function batchLines(inner: SonicBoomClass, intervalMs: number): DestinationStream & { handOver(): void } {
   let waiting: string[] = [];
@@ -147,7 +147,7 @@ export function createLogger(options: LoggerOptions): PinoLogger {
       ...(options.base === undefined ? {} : { base: options.base }),
     },
     options.format === 'pretty'
-      ? prettyDestination(options.destination, options.flushIntervalMs)
+      ? prettyDestination(options.destination)
       : (options.destination ?? stdoutDestination(1, options.flushIntervalMs)),
   );
   // Compile-time proof that the engine can take this logger as is.
@@ -165,8 +165,9 @@ const LEVEL_COLOURS: Record<string, string> = {
 /** pino's defaults say little in a terminal; `time`, `level` and `msg` are rendered in the line's head. */
 const HEAD_KEYS = new Set(['time', 'level', 'msg', 'pid', 'hostname']);
 
-function prettyDestination(target: DestinationStream | undefined, flushIntervalMs = 0): DestinationStream {
-  const out = target ?? stdoutDestination(1, flushIntervalMs);
+function prettyDestination(target: DestinationStream | undefined): DestinationStream {
+  // Never batched: a pretty line is never an access line to `batchLines`.
+  const out = target ?? stdoutDestination();
   const tty = (target === undefined ? process.stdout.isTTY : (target as { isTTY?: unknown }).isTTY) === true;
   const colour = tty && process.env.NO_COLOR === undefined;
   return {

@@ -26,22 +26,26 @@ describe.skipIf(!cliBuilt())('a log reader that goes away or stalls', () => {
   beforeAll(async () => {
     keystone = await startKeystoneEmulator();
     upstream = await listen(echo);
-    config = writeConfig(
-      singleProcess(
-        sidecarYaml({
-          keystoneUrl: keystone.url,
-          upstreamUrl: upstream.url,
-          responseTimeoutSeconds: 2,
-          keystoneTimeoutSeconds: 2,
-          rest: 'log: { level: info }\nshutdown: { grace_period_seconds: 2 }\n',
-        }),
-      ),
-    );
+    config = sidecarConfig(keystone.url, 'log: { level: info }\nshutdown: { grace_period_seconds: 2 }\n');
   });
   afterAll(async () => {
     await upstream?.close();
     await keystone?.close();
   });
+
+  /** A one-process sidecar config in front of the echo upstream, 2 s timeouts, `rest` appended. */
+  const sidecarConfig = (keystoneUrl: string, rest: string): string =>
+    writeConfig(
+      singleProcess(
+        sidecarYaml({
+          keystoneUrl,
+          upstreamUrl: upstream.url,
+          responseTimeoutSeconds: 2,
+          keystoneTimeoutSeconds: 2,
+          rest,
+        }),
+      ),
+    );
 
   /** Starts the CLI with stdout on a pipe this test controls; resolves once it listens. */
   async function start(configFile = config): Promise<Started> {
@@ -84,17 +88,7 @@ describe.skipIf(!cliBuilt())('a log reader that goes away or stalls', () => {
 
   it('reader gone (EPIPE) just before SIGTERM, Keystone unreachable: the process exits 0', async () => {
     // Keystone refusing connections makes the proxy log warnings of its own while it shuts down.
-    const unreachable = writeConfig(
-      singleProcess(
-        sidecarYaml({
-          keystoneUrl: 'http://127.0.0.1:9',
-          upstreamUrl: upstream.url,
-          responseTimeoutSeconds: 2,
-          keystoneTimeoutSeconds: 2,
-          rest: 'log: { level: info }\n',
-        }),
-      ),
-    );
+    const unreachable = sidecarConfig('http://127.0.0.1:9', 'log: { level: info }\n');
     const { child, exit } = await start(unreachable);
     child.stdout?.destroy();
     await new Promise((resolve) => setTimeout(resolve, 200));
@@ -130,16 +124,9 @@ describe.skipIf(!cliBuilt())('a log reader that goes away or stalls', () => {
   });
 
   it('batched lines (flush_interval_seconds: 3): requests just after start-up wait, every one is written by SIGTERM', async () => {
-    const batched = writeConfig(
-      singleProcess(
-        sidecarYaml({
-          keystoneUrl: keystone.url,
-          upstreamUrl: upstream.url,
-          responseTimeoutSeconds: 2,
-          keystoneTimeoutSeconds: 2,
-          rest: 'log: { level: info, flush_interval_seconds: 3 }\nshutdown: { grace_period_seconds: 2 }\n',
-        }),
-      ),
+    const batched = sidecarConfig(
+      keystone.url,
+      'log: { level: info, flush_interval_seconds: 3 }\nshutdown: { grace_period_seconds: 2 }\n',
     );
     const { child, url, exit } = await start(batched);
     let out = '';

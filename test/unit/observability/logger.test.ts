@@ -2,7 +2,7 @@ import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
-import { describe, expect, it, vi } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   createLogger,
   type LoggerOptions,
@@ -228,19 +228,20 @@ describe('createLogger (pretty)', () => {
 });
 
 describe('stdoutDestination batching (flushIntervalMs)', () => {
+  const cleanups: (() => void)[] = [];
+  afterEach(() => {
+    for (const cleanup of cleanups.splice(0)) cleanup();
+  });
+  /** A destination on a temporary file, closed and removed after the test. */
   const fileDestination = (flushIntervalMs: number) => {
     const dir = mkdtempSync(join(tmpdir(), 'kap-log-'));
     const file = join(dir, 'out.log');
     const fd = openSync(file, 'w');
-    const stream = stdoutDestination(fd, flushIntervalMs);
-    return {
-      stream,
-      read: () => readFileSync(file, 'utf8'),
-      close: () => {
-        closeSync(fd);
-        rmSync(dir, { recursive: true, force: true });
-      },
-    };
+    cleanups.push(() => {
+      closeSync(fd);
+      rmSync(dir, { recursive: true, force: true });
+    });
+    return { stream: stdoutDestination(fd, flushIntervalMs), read: () => readFileSync(file, 'utf8') };
   };
   // As pino writes them: `msg` last.
   const line = (n: number) => `${JSON.stringify({ level: 'info', n, msg: 'request' })}\n`;
@@ -248,62 +249,46 @@ describe('stdoutDestination batching (flushIntervalMs)', () => {
 
   it('0: each line is written at once', async () => {
     const out = fileDestination(0);
-    try {
-      out.stream.write(line(1));
-      await vi.waitFor(() => expect(out.read()).toBe(line(1)), { timeout: 1000, interval: 5 });
-    } finally {
-      out.close();
-    }
+    out.stream.write(line(1));
+    await vi.waitFor(() => expect(out.read()).toBe(line(1)), { timeout: 1000, interval: 5 });
   });
 
   it('> 0: a line after a quiet interval at once, the next ones together an interval later, in order', async () => {
     const out = fileDestination(300);
-    try {
-      out.stream.write(line(1));
-      await vi.waitFor(() => expect(out.read()).toBe(line(1)), { timeout: 1000, interval: 5 });
-      out.stream.write(line(2));
-      out.stream.write(line(3));
-      await new Promise((r) => setTimeout(r, 100));
-      expect(out.read()).toBe(line(1));
-      await vi.waitFor(() => expect(out.read()).toBe(line(1) + line(2) + line(3)), {
-        timeout: 2000,
-        interval: 10,
-      });
-    } finally {
-      out.close();
-    }
+    out.stream.write(line(1));
+    await vi.waitFor(() => expect(out.read()).toBe(line(1)), { timeout: 1000, interval: 5 });
+    out.stream.write(line(2));
+    out.stream.write(line(3));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(out.read()).toBe(line(1));
+    await vi.waitFor(() => expect(out.read()).toBe(line(1) + line(2) + line(3)), {
+      timeout: 2000,
+      interval: 10,
+    });
   });
 
   it('> 0: any other line goes at once, with the access lines waiting before it, in order', async () => {
     const out = fileDestination(10_000);
-    try {
-      out.stream.write(line(1));
-      await vi.waitFor(() => expect(out.read()).toBe(line(1)), { timeout: 1000, interval: 5 });
-      out.stream.write(line(2));
-      // Not an access line, though its message starts the same way.
-      out.stream.write(other('request failed'));
-      await vi.waitFor(() => expect(out.read()).toBe(line(1) + line(2) + other('request failed')), {
-        timeout: 1000,
-        interval: 5,
-      });
-      out.stream.write(line(3));
-      await new Promise((r) => setTimeout(r, 100));
-      expect(out.read()).toBe(line(1) + line(2) + other('request failed'));
-    } finally {
-      out.close();
-    }
+    out.stream.write(line(1));
+    await vi.waitFor(() => expect(out.read()).toBe(line(1)), { timeout: 1000, interval: 5 });
+    out.stream.write(line(2));
+    // Not an access line, though its message starts the same way.
+    out.stream.write(other('request failed'));
+    await vi.waitFor(() => expect(out.read()).toBe(line(1) + line(2) + other('request failed')), {
+      timeout: 1000,
+      interval: 5,
+    });
+    out.stream.write(line(3));
+    await new Promise((r) => setTimeout(r, 100));
+    expect(out.read()).toBe(line(1) + line(2) + other('request failed'));
   });
 
   it('> 0: once 4 KiB wait they are written without waiting for the interval', async () => {
     const out = fileDestination(10_000);
-    try {
-      out.stream.write(line(-1));
-      const lines = Array.from({ length: 200 }, (_, n) => line(n)).join('');
-      expect(lines.length).toBeGreaterThan(4096);
-      out.stream.write(lines);
-      await vi.waitFor(() => expect(out.read()).toBe(line(-1) + lines), { timeout: 1000, interval: 5 });
-    } finally {
-      out.close();
-    }
+    out.stream.write(line(-1));
+    const lines = Array.from({ length: 200 }, (_, n) => line(n)).join('');
+    expect(lines.length).toBeGreaterThan(4096);
+    out.stream.write(lines);
+    await vi.waitFor(() => expect(out.read()).toBe(line(-1) + lines), { timeout: 1000, interval: 5 });
   });
 });

@@ -19,7 +19,6 @@ import { echo } from '../helpers/echo-app.js';
 import { listen, type Running } from '../helpers/http.js';
 import {
   authTokenOptions,
-  freePort,
   type KsmCredentials,
   type KsmFilter,
   type KsmOptions,
@@ -222,6 +221,7 @@ const trustToken = () =>
     passwordToken(f.trust.trustee.user, f.trust.trustee.password, { 'OS-TRUST:trust': { id: f.trust.id } }),
   );
 const GARBAGE = 'gAAAAABgarbage-not-a-fernet-token';
+const UNREACHABLE_KEYSTONE = 'http://127.0.0.1:9';
 /** Keystone's OAuth2 client-credentials grant with an application credential's id and secret. */
 const oauth2AppCred = () => oauth2AccessToken(f.appCred.id, f.appCred.secret);
 const oauth2Ruled = () => oauth2AccessToken(f.appCredRules.id, f.appCredRules.secret);
@@ -1005,7 +1005,9 @@ interface Sides {
 }
 
 async function startSides(set: OptionSet): Promise<Sides> {
-  const authUrl = set.keystoneDown ? `http://127.0.0.1:${await freePort()}` : keystoneUrl();
+  // Port 9 (discard) on loopback: nothing listens, connections are refused. Not a freed ephemeral port: uwsgi
+  // binds its worker socket to an auto-assigned one, and keystonemiddleware, sent there, hung on its own worker.
+  const authUrl = set.keystoneDown ? UNREACHABLE_KEYSTONE : keystoneUrl();
   const credentials: KsmCredentials = {
     authUrl,
     username: f.service.user,

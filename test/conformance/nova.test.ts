@@ -89,6 +89,8 @@ describe.skipIf(skip !== undefined)(skip === undefined ? title : `${title} (skip
   let referenceUrl: string;
   let startedNova = false;
   let registered = false;
+  /** Calls sent to both sides and found equal, for the run's summary line. */
+  const compared = { openstack: 0, raw: 0 };
   /** One suffix per run: names stay unique if a run was interrupted and its state kept. */
   const runId = Date.now().toString(36);
   const flavorId = `kap-${runId}`;
@@ -137,6 +139,7 @@ describe.skipIf(skip !== undefined)(skip === undefined ? title : `${title} (skip
     });
     console.log(`openstack ${args.join(' ')} (as ${who}): exit ${viaProxy.code} / ${viaReference.code}`);
     expect(shape(viaProxy), `openstack ${args.join(' ')} as ${who}`).toEqual(shape(viaReference));
+    compared.openstack++;
     return viaProxy;
   };
 
@@ -170,6 +173,7 @@ describe.skipIf(skip !== undefined)(skip === undefined ? title : `${title} (skip
     const viaProxy = await raw(proxy.url, method, path, headers, body);
     const viaReference = await raw(referenceUrl, method, path, headers, body);
     expect(viaProxy, `${method} ${path}`).toEqual(viaReference);
+    compared.raw++;
     return viaProxy;
   };
   const auth = (who: keyof typeof tokens, extra: Record<string, string> = {}) => ({
@@ -286,6 +290,9 @@ log: { level: info }
   }, 300_000);
 
   afterAll(async () => {
+    console.log(
+      `equal through the proxy and from the reference: ${compared.openstack} openstack commands, ${compared.raw} raw requests`,
+    );
     // Every step runs even if one fails, so no process, catalog entry or fixture outlives the run.
     const failures: unknown[] = [];
     const attempt = async (step: () => Promise<unknown>): Promise<void> => {

@@ -18,6 +18,7 @@ import { parseArgs, promisify } from 'node:util';
 import { fixtures, startKeystoneEmulator } from '../test/helpers/keystone-emulator.js';
 import { emulatorProxyYaml } from './emulator-proxy.js';
 import { treeCpuSeconds } from './process-cpu.js';
+import { parseWrkOutput } from './wrk-output.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const { values: args } = parseArgs({
@@ -104,7 +105,7 @@ async function until(url: string): Promise<void> {
 
 async function wrk(url: string, token: string, seconds: number): Promise<number> {
   const { stdout } = await exec('wrk', ['-t1', '-c8', `-d${seconds}s`, '-H', `X-Auth-Token: ${token}`, url]);
-  return Number(/(\d+) requests in/.exec(stdout)?.[1]);
+  return parseWrkOutput(stdout).requests;
 }
 
 const median = (list: number[]): number =>

@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs, promisify } from 'node:util';
 import { endedChildrenCpuSeconds, machineBusySeconds, treeCpuSeconds } from './process-cpu.js';
+import { parseWrkOutput } from './wrk-output.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const NOVA_SCRIPT = join(ROOT, 'scripts', 'nova-local.sh');
@@ -59,13 +60,6 @@ interface Counted {
   sidecar?: number;
 }
 
-const ms = (text: string | undefined): number => {
-  const match = /([\d.]+)(us|ms|s)/.exec(text ?? '');
-  if (!match) return Number.NaN;
-  const value = Number(match[1]);
-  return match[2] === 'us' ? value / 1000 : match[2] === 's' ? value * 1000 : value;
-};
-
 async function wrk(url: string, headers: Record<string, string>, counted: Counted): Promise<Row> {
   const head = Object.entries(headers).flatMap(([k, v]) => ['-H', `${k}: ${v}`]);
   await exec('wrk', ['-t1', `-c${CONNECTIONS}`, '-d2s', ...head, url]);
@@ -89,20 +83,15 @@ async function wrk(url: string, headers: Record<string, string>, counted: Counte
     wrk: endedChildrenCpuSeconds() - before.wrk,
     machine: machineBusySeconds() - before.machine,
   };
-  const requests = Number(/(\d+) requests in/.exec(stdout)?.[1]);
+  const { requests, ...report } = parseWrkOutput(stdout);
   const perRequestMs = (seconds: number): number => (seconds * 1000) / requests;
-  const errors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(stdout);
   return {
     novaCpuMs: perRequestMs(spent.nova),
     sidecarCpuMs: perRequestMs(spent.sidecar),
     wrkCpuMs: perRequestMs(spent.wrk),
     machineCpuMs: perRequestMs(spent.machine),
     machineBusy: spent.machine / SECONDS / availableParallelism(),
-    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1]),
-    p50ms: ms(/^\s*50(?:\.0+)?%\s+(\S+)/m.exec(stdout)?.[1]),
-    p99ms: ms(/^\s*99(?:\.0+)?%\s+(\S+)/m.exec(stdout)?.[1]),
-    non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(stdout)?.[1] ?? 0),
-    errors: errors ? errors.slice(1).reduce((a, b) => a + Number(b), 0) : 0,
+    ...report,
   };
 }
 

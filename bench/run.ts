@@ -15,6 +15,7 @@ import { parseArgs, promisify } from 'node:util';
 import { fixtures, type KeystoneEmulator, startKeystoneEmulator } from '../test/helpers/keystone-emulator.js';
 import { emulatorProxyYaml } from './emulator-proxy.js';
 import { treeCpuSeconds } from './process-cpu.js';
+import { parseWrkOutput } from './wrk-output.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const { values: args } = parseArgs({
@@ -50,12 +51,6 @@ interface WrkResult {
 
 /** Base URL → pid of the server process under test, to account for the CPU it used. */
 const serverPids = new Map<string, number>();
-const ms = (text: string | undefined): number => {
-  const match = /([\d.]+)(us|ms|s)/.exec(text ?? '');
-  if (!match) return Number.NaN;
-  const value = Number(match[1]);
-  return match[2] === 'us' ? value / 1000 : match[2] === 's' ? value * 1000 : value;
-};
 
 /** `alsoCount`: more servers (base URLs) whose CPU belongs to this scenario, e.g. the app behind the sidecar. */
 async function wrk(
@@ -82,15 +77,8 @@ async function wrk(
     url,
   ]);
   const cores = (cpu() - cpuBefore) / SECONDS;
-  const errors = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(stdout);
-  return {
-    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(stdout)?.[1]),
-    p50ms: ms(/^\s*50(?:\.0+)?%\s+(\S+)/m.exec(stdout)?.[1]),
-    p99ms: ms(/^\s*99(?:\.0+)?%\s+(\S+)/m.exec(stdout)?.[1]),
-    non2xx: Number(/Non-2xx or 3xx responses: (\d+)/.exec(stdout)?.[1] ?? 0),
-    errors: errors ? errors.slice(1).reduce((a, b) => a + Number(b), 0) : 0,
-    cores,
-  };
+  const { rps, p50ms, p99ms, non2xx, errors } = parseWrkOutput(stdout);
+  return { rps, p50ms, p99ms, non2xx, errors, cores };
 }
 
 const children: ChildProcess[] = [];
